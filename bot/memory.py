@@ -1,0 +1,144 @@
+"""One agent's memory as the core sees it: core blocks, recall memory, archival memory.
+
+`AgentMemory` is bound to one agent id when it is made; every call it makes into storage passes
+that id, and storage scopes every read by it. Embedding happens here, off the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from bot import retrieval
+from bot.embedding import Embedder, to_blob
+from bot.tokens import truncate
+from storage import agents, blocks, messages, passages
+from storage.agents import Agent
+from storage.blocks import Block
+from storage.db import Database
+from storage.messages import Message
+from storage.passages import Passage
+
+EMBED_MAX_TOKENS = 2000
+
+
+@dataclass(frozen=True)
+class Stats:
+    recall_messages: int
+    archival_passages: int
+    memory_updated_at: str | None
+
+
+class AgentMemory:
+    def __init__(self, db: Database, embedder: Embedder, agent: Agent) -> None:
+        self.db = db
+        self.embedder = embedder
+        self.agent_id = agent.id
+        self.agent = agent
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.agent.timezone)
+
+    def local(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.zone)
+
+    async def refresh(self) -> Agent:
+        self.agent = await self.db.run(agents.get, self.agent_id)
+        return self.agent
+
+    async def _vector(self, text: str) -> bytes:
+        [vector] = await self.embedder.embed([truncate(text, EMBED_MAX_TOKENS)])
+        return to_blob(vector)
+
+    # core memory
+    async def blocks(self) -> list[Block]:
+        return await self.db.run(blocks.list_for, self.agent_id)
+
+    async def block(self, label: str) -> Block:
+        return await self.db.run(blocks.get, self.agent_id, label)
+
+    async def write_block(self, label: str, value: str) -> Block:
+        return await self.db.run(blocks.write, self.agent_id, label, value)
+
+    # recall memory
+    async def add_message(
+        self,
+        role: str,
+        kind: str,
+        content: str,
+        *,
+        tool_calls: str | None = None,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+        search_text: str = "",
+        in_context: bool = True,
+    ) -> Message:
+        vector = await self._vector(search_text) if search_text else None
+        return await self.db.run(
+            messages.append,
+            self.agent_id,
+            role,
+            kind,
+            content,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            tool_name=tool_name,
+            search_text=search_text,
+            embedding=vector,
+            in_context=in_context,
+        )
+
+    async def queue(self) -> list[Message]:
+        return await self.db.run(messages.in_context, self.agent_id)
+
+    async def search_messages(self, query: str, limit: int, before_id: int | None = None) -> list[Message]:
+        vector = await self._vector(query)
+        ids = await self.db.run(retrieval.rank_messages, self.agent_id, query, vector, limit, before_id)
+        return await self.db.run(messages.get_many, self.agent_id, ids)
+
+    async def messages_between(
+        self, start: datetime, end: datetime, limit: int, offset: int
+    ) -> tuple[list[Message], int]:
+        from storage.clock import to_iso
+
+        return await self.db.run(
+            messages.searchable_between, self.agent_id, to_iso(start), to_iso(end), limit, offset
+        )
+
+    # archival memory
+    async def insert_passage(self, content: str, source: str = "agent") -> Passage:
+        vector = await self._vector(content)
+        return await self.db.run(passages.insert, self.agent_id, content, vector, source)
+
+    async def search_passages(self, query: str, limit: int) -> list[Passage]:
+        vector = await self._vector(query)
+        ids = await self.db.run(retrieval.rank_passages, self.agent_id, query, vector, limit)
+        return await self.db.run(passages.get_many, self.agent_id, ids)
+
+    # statistics, summary, eviction
+    async def stats(self) -> Stats:
+        def read(conn: object) -> Stats:
+            agent = agents.get(conn, self.agent_id)
+            return Stats(
+                messages.count(conn, self.agent_id),
+                passages.count(conn, self.agent_id),
+                agent.memory_updated_at,
+            )
+
+        return await self.db.run(read)
+
+    async def evict(self, through_id: int, summary: str, covers: int) -> int:
+        def apply(conn: object) -> int:
+            evicted = messages.evict(conn, self.agent_id, through_id)
+            agents.set_summary(conn, self.agent_id, summary, covers)
+            return evicted
+
+        evicted = await self.db.run(apply)
+        await self.refresh()
+        return evicted
+
+    async def set_pressure_warned(self, warned: bool) -> None:
+        await self.db.run(agents.set_pressure_warned, self.agent_id, warned)
+        await self.refresh()

@@ -1,0 +1,164 @@
+"""Settings: read once at start from the environment and `.env`, validated eagerly, then frozen.
+
+Nothing else in membot reads `os.environ`. Each field names its variable in `metadata["env"]`;
+`.env.example` lists the same variables (a test holds them equal).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+from bot.errors import ConfigError
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def _env(name: str, doc: str, *, secret: bool = False) -> dict[str, Any]:
+    return {"env": name, "doc": doc, "secret": secret}
+
+
+def _default_db() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "membot" / "membot.db")
+
+
+@dataclass(frozen=True)
+class Settings:
+    openai_api_key: str = field(
+        default="", repr=False, metadata=_env("OPENAI_API_KEY", "API key of the LLM endpoint", secret=True)
+    )
+    openai_base_url: str = field(
+        default=OPENAI_URL, metadata=_env("OPENAI_BASE_URL", "OpenAI-compatible endpoint (Ollama, vLLM, ...)")
+    )
+    model: str = field(default="gpt-4o-mini", metadata=_env("MEMBOT_MODEL", "chat model name"))
+    db: str = field(default_factory=_default_db, metadata=_env("MEMBOT_DB", "path of the SQLite file"))
+    context_window: int = field(
+        default=16000, metadata=_env("MEMBOT_CONTEXT_WINDOW", "tokens the model may see per call")
+    )
+    embedder: str = field(
+        default="wordllama",
+        metadata=_env("MEMBOT_EMBEDDER", "wordllama (offline) or openai:MODEL (uses /v1/embeddings)"),
+    )
+    embedding_base_url: str = field(
+        default="",
+        metadata=_env("MEMBOT_EMBEDDING_BASE_URL", "endpoint for openai:MODEL embeddings, if not OPENAI_BASE_URL"),
+    )
+    timezone: str = field(default="UTC", metadata=_env("MEMBOT_TIMEZONE", "IANA zone for new users"))
+    max_steps: int = field(default=10, metadata=_env("MEMBOT_MAX_STEPS", "LLM calls per event at most"))
+    block_limit: int = field(
+        default=2000, metadata=_env("MEMBOT_BLOCK_LIMIT", "characters per core memory block")
+    )
+    llm_timeout: float = field(default=60.0, metadata=_env("MEMBOT_LLM_TIMEOUT", "seconds per LLM call"))
+    llm_retries: int = field(
+        default=3, metadata=_env("MEMBOT_LLM_RETRIES", "retries on 429/5xx/connection errors")
+    )
+    log_level: str = field(default="INFO", metadata=_env("MEMBOT_LOG_LEVEL", "DEBUG, INFO, WARNING"))
+    log_content: bool = field(
+        default=False, metadata=_env("MEMBOT_LOG_CONTENT", "log message text and memory (true/false)")
+    )
+    discord_token: str = field(
+        default="", repr=False, metadata=_env("DISCORD_TOKEN", "Discord bot token", secret=True)
+    )
+    slack_bot_token: str = field(
+        default="", repr=False, metadata=_env("SLACK_BOT_TOKEN", "Slack bot token (xoxb-)", secret=True)
+    )
+    slack_app_token: str = field(
+        default="", repr=False, metadata=_env("SLACK_APP_TOKEN", "Slack app token for Socket Mode (xapp-)", secret=True)
+    )
+    slack_signing_secret: str = field(
+        default="", repr=False, metadata=_env("SLACK_SIGNING_SECRET", "Slack signing secret (HTTP mode)", secret=True)
+    )
+    slack_api_url: str = field(
+        default="https://slack.com/api/", metadata=_env("SLACK_API_URL", "Slack Web API base URL")
+    )
+    http_host: str = field(default="127.0.0.1", metadata=_env("MEMBOT_HTTP_HOST", "address of the HTTP listener"))
+    http_port: int = field(default=3000, metadata=_env("MEMBOT_HTTP_PORT", "port of the HTTP listener"))
+
+    @property
+    def uses_openai_cloud(self) -> bool:
+        return self.openai_base_url.rstrip("/") == OPENAI_URL
+
+    def llm_api_key(self) -> str:
+        """The key to send; local servers need none, OpenAI's does."""
+        if self.openai_api_key:
+            return self.openai_api_key
+        if self.uses_openai_cloud:
+            raise ConfigError(
+                "OPENAI_API_KEY is not set: put it in .env (see .env.example), or set OPENAI_BASE_URL "
+                "to a local OpenAI-compatible server such as http://localhost:11434/v1 (Ollama)."
+            )
+        return "not-needed"
+
+
+def env_names() -> list[str]:
+    return [f.metadata["env"] for f in fields(Settings)]
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    text = raw.strip()
+    if kind in (int, "int"):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {text!r}.") from None
+    if kind in (float, "float"):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, not {text!r}.") from None
+    if kind in (bool, "bool"):
+        lowered = text.lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{name} must be true or false, not {text!r}.")
+    return text
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | Path | None = ".env") -> Settings:
+    """Build the settings from `.env` (if present) overlaid by the environment."""
+    values: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    kwargs: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = f.metadata["env"]
+        if name in values and values[name].strip() != "":
+            kwargs[f.name] = _convert(name, values[name], f.type)
+    settings = Settings(**kwargs)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.context_window < 2000:
+        raise ConfigError(f"MEMBOT_CONTEXT_WINDOW is {s.context_window}; set at least 2000 tokens.")
+    if s.max_steps < 1:
+        raise ConfigError("MEMBOT_MAX_STEPS must be at least 1.")
+    if s.block_limit < 100:
+        raise ConfigError("MEMBOT_BLOCK_LIMIT must be at least 100 characters.")
+    if s.llm_timeout <= 0 or s.llm_retries < 0:
+        raise ConfigError("MEMBOT_LLM_TIMEOUT must be positive and MEMBOT_LLM_RETRIES not negative.")
+    try:
+        ZoneInfo(s.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"MEMBOT_TIMEZONE={s.timezone!r} is not a known time zone; use an IANA name like Europe/Paris."
+        ) from None
+    if not (s.embedder == "wordllama" or s.embedder.startswith("openai:")):
+        raise ConfigError(
+            f"MEMBOT_EMBEDDER={s.embedder!r} is not known; use 'wordllama' or 'openai:MODEL' "
+            "(for example openai:text-embedding-3-small or openai:nomic-embed-text)."
+        )
+    for name, url in (("OPENAI_BASE_URL", s.openai_base_url), ("SLACK_API_URL", s.slack_api_url)):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} must start with http:// or https://, not {url!r}.")

@@ -1,0 +1,37 @@
+"""Turning free text into an FTS5 query: words quoted and OR-ed, common words left out."""
+
+from __future__ import annotations
+
+import re
+
+WORD = re.compile(r"[\w']+", re.UNICODE)
+
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further
+    had has have having he her here hers herself him himself his how i if in into is it its itself
+    just me more most my myself no nor not now of off on once only or other our ours ourselves out
+    over own same she should so some such than that the their theirs them themselves then there
+    these they this those through to too under until up very was we were what when where which
+    while who whom why will with would you your yours yourself yourselves s t don did didn ever
+    """.split()
+)
+
+
+def words(text: str) -> list[str]:
+    """The searchable words of `text`, lower-cased, stopwords removed, in order, unique."""
+    seen: dict[str, None] = {}
+    for match in WORD.finditer(text.lower()):
+        word = match.group().strip("'")
+        if word and word not in STOPWORDS:
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+def match_query(text: str) -> str | None:
+    """An FTS5 MATCH expression that finds rows sharing any word with `text`, or None."""
+    terms = words(text) or [w.lower() for w in WORD.findall(text)]
+    if not terms:
+        return None
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms[:64])

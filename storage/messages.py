@@ -1,0 +1,157 @@
+"""Recall memory: every message an agent ever saw, in order, never deleted.
+
+Table `messages`: id (order), agent_id, role (system/user/assistant/tool, the wire role), kind
+(user, event, assistant, tool, summary, warning, notice), content, tool_calls (JSON, wire format),
+tool_call_id, tool_name, search_text (what text search and embeddings index: user words and what the
+agent said), in_context (1 while the message is in the agent's FIFO queue; eviction sets 0),
+created_at (UTC ISO). `messages_fts` indexes search_text; `messages_vec` holds its embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage import vectors
+from storage.clock import now_iso
+from storage.db import Connection
+from storage.fulltext import match_query
+
+COLUMNS = (
+    "id, role, kind, content, tool_calls, tool_call_id, tool_name, search_text, created_at, in_context"
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    role: str
+    kind: str
+    content: str
+    tool_calls: str | None
+    tool_call_id: str | None
+    tool_name: str | None
+    search_text: str
+    created_at: str
+    in_context: bool
+
+
+def _row(row: tuple[object, ...]) -> Message:
+    values = list(row)
+    values[9] = bool(values[9])
+    return Message(*values)  # type: ignore[arg-type]
+
+
+def append(
+    conn: Connection,
+    agent_id: int,
+    role: str,
+    kind: str,
+    content: str,
+    *,
+    tool_calls: str | None = None,
+    tool_call_id: str | None = None,
+    tool_name: str | None = None,
+    search_text: str = "",
+    embedding: bytes | None = None,
+    created_at: str | None = None,
+    in_context: bool = True,
+) -> Message:
+    cursor = conn.execute(
+        "INSERT INTO messages (agent_id, role, kind, content, tool_calls, tool_call_id, tool_name, "
+        "search_text, in_context, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            agent_id,
+            role,
+            kind,
+            content,
+            tool_calls,
+            tool_call_id,
+            tool_name,
+            search_text,
+            int(in_context),
+            created_at or now_iso(),
+        ),
+    )
+    message_id = int(cursor.lastrowid)
+    if embedding is not None and search_text:
+        vectors.put(conn, "messages_vec", agent_id, message_id, embedding)
+    return get_many(conn, agent_id, [message_id])[0]
+
+
+def in_context(conn: Connection, agent_id: int) -> list[Message]:
+    """The agent's FIFO queue, oldest first."""
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE agent_id = ? AND in_context = 1 ORDER BY id",
+        (agent_id,),
+    )
+    return [_row(row) for row in rows]
+
+
+def evict(conn: Connection, agent_id: int, through_id: int) -> int:
+    """Take messages up to `through_id` out of the queue (they stay in recall memory)."""
+    cursor = conn.execute(
+        "UPDATE messages SET in_context = 0 WHERE agent_id = ? AND in_context = 1 AND id <= ?",
+        (agent_id, through_id),
+    )
+    return int(cursor.rowcount)
+
+
+def count(conn: Connection, agent_id: int) -> int:
+    return int(
+        conn.execute("SELECT count(*) FROM messages WHERE agent_id = ?", (agent_id,)).fetchone()[0]
+    )
+
+
+def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Message]:
+    """These messages of this agent (others' ids are ignored), in the order of `ids`."""
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE agent_id = ? AND id IN ({marks})", (agent_id, *ids)
+    )
+    found = {row[0]: _row(row) for row in rows}
+    return [found[i] for i in ids if i in found]
+
+
+def text_matches(conn: Connection, agent_id: int, query: str, limit: int) -> list[tuple[int, float]]:
+    """Searchable messages of this agent matching words of `query`, best BM25 first: (id, score)."""
+    expression = match_query(query)
+    if expression is None:
+        return []
+    rows = conn.execute(
+        "SELECT m.id, bm25(messages_fts) AS score FROM messages_fts "
+        "JOIN messages AS m ON m.id = messages_fts.rowid "
+        "WHERE messages_fts MATCH ? AND m.agent_id = ? ORDER BY score LIMIT ?",
+        (expression, agent_id, limit),
+    )
+    return [(int(i), float(score)) for i, score in rows]
+
+
+def nearest(conn: Connection, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
+    return vectors.nearest(conn, "messages_vec", agent_id, vector, k)
+
+
+def searchable_between(
+    conn: Connection, agent_id: int, start: str, end: str, limit: int, offset: int
+) -> tuple[list[Message], int]:
+    """Searchable messages with start <= created_at < end (UTC ISO), oldest first, and their total."""
+    where = "agent_id = ? AND search_text != '' AND created_at >= ? AND created_at < ?"
+    total = conn.execute(f"SELECT count(*) FROM messages WHERE {where}", (agent_id, start, end))
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE {where} ORDER BY id LIMIT ? OFFSET ?",
+        (agent_id, start, end, limit, offset),
+    )
+    return [_row(row) for row in rows], int(total.fetchone()[0])
+
+
+def searchable_texts(
+    conn: Connection, agent_id: int, after_id: int, limit: int
+) -> list[tuple[int, str]]:
+    """(id, search_text) of this agent's searchable messages after `after_id`, for re-embedding."""
+    rows = conn.execute(
+        "SELECT id, search_text FROM messages WHERE agent_id = ? AND id > ? AND search_text != '' "
+        "ORDER BY id LIMIT ?",
+        (agent_id, after_id, limit),
+    )
+    return [(int(i), str(text)) for i, text in rows]

@@ -1,0 +1,176 @@
+"""Versioned schema migrations: an ordered list of functions, each recorded in `_migrations`.
+
+Tables:
+- `_migrations(name, applied_at)`: which migrations ran, in order.
+- `meta(key, value)`: small facts about the database (the embedding model and dimension).
+- `agents`, `blocks`, `messages`, `passages` and their FTS5 indexes: see the modules named after them.
+
+Vector tables depend on the embedding dimension and are made by `storage.vectors`, not here.
+A migration is never edited once released: add a new function at the end of `MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from storage.clock import now_iso
+from storage.db import Connection
+from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+
+def m001_initial(conn: Connection) -> None:
+    _execute_all(
+        conn,
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE agents (
+            id INTEGER PRIMARY KEY,
+            platform TEXT NOT NULL,
+            platform_user_id TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            timezone TEXT NOT NULL,
+            summary TEXT NOT NULL DEFAULT '',
+            summary_covers INTEGER NOT NULL DEFAULT 0,
+            pressure_warned INTEGER NOT NULL DEFAULT 0,
+            memory_updated_at TEXT,
+            created_at TEXT NOT NULL,
+            last_active_at TEXT NOT NULL,
+            UNIQUE (platform, platform_user_id)
+        );
+        CREATE TABLE blocks (
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            description TEXT NOT NULL,
+            value TEXT NOT NULL DEFAULT '',
+            char_limit INTEGER NOT NULL CHECK (char_limit > 0),
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (agent_id, label),
+            CHECK (length(value) <= char_limit)
+        );
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant', 'tool')),
+            kind TEXT NOT NULL,
+            content TEXT NOT NULL DEFAULT '',
+            tool_calls TEXT,
+            tool_call_id TEXT,
+            tool_name TEXT,
+            search_text TEXT NOT NULL DEFAULT '',
+            in_context INTEGER NOT NULL DEFAULT 1,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX messages_by_context ON messages (agent_id, in_context, id);
+        CREATE INDEX messages_by_time ON messages (agent_id, created_at);
+        CREATE TABLE passages (
+            id INTEGER PRIMARY KEY,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            content TEXT NOT NULL,
+            source TEXT NOT NULL DEFAULT 'agent',
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX passages_by_agent ON passages (agent_id, id);
+        """
+    )
+
+
+def m002_full_text(conn: Connection) -> None:
+    """FTS5 indexes over recall and archival memory, kept in step by triggers."""
+    _execute_all(
+        conn,
+        """
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            search_text, content='messages', content_rowid='id', tokenize='porter unicode61'
+        );
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, search_text) VALUES (new.id, new.search_text);
+        END;
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, search_text)
+            VALUES ('delete', old.id, old.search_text);
+        END;
+        CREATE TRIGGER messages_fts_update AFTER UPDATE OF search_text ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, search_text)
+            VALUES ('delete', old.id, old.search_text);
+            INSERT INTO messages_fts (rowid, search_text) VALUES (new.id, new.search_text);
+        END;
+        CREATE VIRTUAL TABLE passages_fts USING fts5(
+            content, content='passages', content_rowid='id', tokenize='porter unicode61'
+        );
+        CREATE TRIGGER passages_fts_insert AFTER INSERT ON passages BEGIN
+            INSERT INTO passages_fts (rowid, content) VALUES (new.id, new.content);
+        END;
+        CREATE TRIGGER passages_fts_delete AFTER DELETE ON passages BEGIN
+            INSERT INTO passages_fts (passages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+        END;
+        CREATE TRIGGER passages_fts_update AFTER UPDATE OF content ON passages BEGIN
+            INSERT INTO passages_fts (passages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+            INSERT INTO passages_fts (rowid, content) VALUES (new.id, new.content);
+        END;
+        INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+        INSERT INTO passages_fts (passages_fts) VALUES ('rebuild');
+        """
+    )
+
+
+def _execute_all(conn: Connection, script: str) -> None:
+    """Run a script statement by statement, inside the caller's transaction.
+
+    (`executescript` would commit first.) A statement ends at a `;` at the end of a line, except
+    inside a trigger body, which ends at `END;`.
+    """
+    statement: list[str] = []
+    in_trigger = False
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        statement.append(line)
+        if stripped.startswith("CREATE TRIGGER"):
+            in_trigger = True
+        if stripped.endswith(";") and (not in_trigger or stripped == "END;"):
+            conn.execute("\n".join(statement))
+            statement = []
+            in_trigger = False
+    if statement:
+        conn.execute("\n".join(statement))
+
+
+Migration = Callable[[Connection], None]
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_full_text]
+
+
+def applied(conn: Connection) -> list[str]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(conn: Connection, upto: int | None = None) -> list[str]:
+    """Apply the migrations not yet applied (the first `upto` only, for tests); return their names."""
+    done = applied(conn)
+    known = [m.__name__ for m in MIGRATIONS]
+    unknown = [name for name in done if name not in known]
+    if unknown:
+        raise StorageError(
+            f"This database was written by a newer membot (migrations {', '.join(unknown)}); "
+            "upgrade membot or point MEMBOT_DB at another file."
+        )
+    ran = []
+    for migration in MIGRATIONS[:upto]:
+        if migration.__name__ in done:
+            continue
+        log.info("applying migration %s", migration.__name__)
+        migration(conn)
+        conn.execute(
+            "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (migration.__name__, now_iso())
+        )
+        ran.append(migration.__name__)
+    return ran

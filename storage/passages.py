@@ -1,0 +1,81 @@
+"""Archival memory: passages the agent chose to keep (and documents a user imported).
+
+Table `passages`: id, agent_id, content, source (agent or import), created_at. `passages_fts`
+indexes content; `passages_vec` holds its embedding, partitioned by agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage import agents, vectors
+from storage.clock import now_iso
+from storage.db import Connection
+from storage.fulltext import match_query
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: int
+    content: str
+    source: str
+    created_at: str
+
+
+def insert(
+    conn: Connection, agent_id: int, content: str, embedding: bytes, source: str = "agent"
+) -> Passage:
+    now = now_iso()
+    cursor = conn.execute(
+        "INSERT INTO passages (agent_id, content, source, created_at) VALUES (?, ?, ?, ?)",
+        (agent_id, content, source, now),
+    )
+    passage_id = int(cursor.lastrowid)
+    vectors.put(conn, "passages_vec", agent_id, passage_id, embedding)
+    agents.mark_memory_updated(conn, agent_id)
+    return Passage(passage_id, content, source, now)
+
+
+def count(conn: Connection, agent_id: int) -> int:
+    return int(
+        conn.execute("SELECT count(*) FROM passages WHERE agent_id = ?", (agent_id,)).fetchone()[0]
+    )
+
+
+def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Passage]:
+    """These passages of this agent (others' ids are ignored), in the order of `ids`."""
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT id, content, source, created_at FROM passages WHERE agent_id = ? AND id IN ({marks})",
+        (agent_id, *ids),
+    )
+    found = {row[0]: Passage(*row) for row in rows}
+    return [found[i] for i in ids if i in found]
+
+
+def text_matches(conn: Connection, agent_id: int, query: str, limit: int) -> list[tuple[int, float]]:
+    expression = match_query(query)
+    if expression is None:
+        return []
+    rows = conn.execute(
+        "SELECT p.id, bm25(passages_fts) AS score FROM passages_fts "
+        "JOIN passages AS p ON p.id = passages_fts.rowid "
+        "WHERE passages_fts MATCH ? AND p.agent_id = ? ORDER BY score LIMIT ?",
+        (expression, agent_id, limit),
+    )
+    return [(int(i), float(score)) for i, score in rows]
+
+
+def nearest(conn: Connection, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
+    return vectors.nearest(conn, "passages_vec", agent_id, vector, k)
+
+
+def texts(conn: Connection, agent_id: int, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """(id, content) of this agent's passages after `after_id`, for re-embedding."""
+    rows = conn.execute(
+        "SELECT id, content FROM passages WHERE agent_id = ? AND id > ? ORDER BY id LIMIT ?",
+        (agent_id, after_id, limit),
+    )
+    return [(int(i), str(text)) for i, text in rows]

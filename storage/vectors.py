@@ -1,0 +1,90 @@
+"""Vector tables (sqlite-vec `vec0`) and the record of which embedding model filled them.
+
+Tables `messages_vec` and `passages_vec`: rowid = the message or passage id, `agent_id` as the
+partition key (so a KNN query only ever reads one agent's vectors), `embedding float[dim]` with
+cosine distance. `meta` keys `embedding_model` and `embedding_dim` record what produced them;
+opening with another model is refused until `membot reembed` rebuilds them.
+"""
+
+from __future__ import annotations
+
+from storage.db import Connection
+from storage.errors import EmbeddingMismatchError
+
+TABLES = ("messages_vec", "passages_vec")
+
+
+def recorded(conn: Connection) -> tuple[str, int] | None:
+    rows = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'embedding_%'").fetchall())
+    if "embedding_model" not in rows:
+        return None
+    return rows["embedding_model"], int(rows["embedding_dim"])
+
+
+def _tables_exist(conn: Connection) -> bool:
+    found = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)", TABLES
+    ).fetchone()[0]
+    return bool(found == len(TABLES))
+
+
+def create_tables(conn: Connection, model: str, dim: int) -> None:
+    for table in TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(
+            f"CREATE VIRTUAL TABLE {table} USING vec0("
+            f"agent_id INTEGER PARTITION KEY, embedding FLOAT[{dim}] distance_metric=cosine)"
+        )
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?), ('embedding_dim', ?)",
+        (model, str(dim)),
+    )
+
+
+def ensure(conn: Connection, model: str, dim: int) -> None:
+    """Make the vector tables for `model`, or refuse if the file was embedded with another one."""
+    record = recorded(conn)
+    if record is None:
+        create_tables(conn, model, dim)
+        return
+    if record != (model, dim):
+        raise EmbeddingMismatchError(
+            f"This database was embedded with {record[0]} ({record[1]} dimensions) but MEMBOT_EMBEDDER "
+            f"gives {model} ({dim} dimensions). Run `membot reembed` to re-embed it with the new "
+            "model, or set MEMBOT_EMBEDDER back."
+        )
+    if not _tables_exist(conn):
+        create_tables(conn, model, dim)
+
+
+def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes) -> None:
+    conn.execute(
+        f"INSERT INTO {table} (rowid, agent_id, embedding) VALUES (?, ?, ?)", (rowid, agent_id, vector)
+    )
+
+
+def nearest(
+    conn: Connection, table: str, agent_id: int, vector: bytes, k: int
+) -> list[tuple[int, float]]:
+    """The `k` rows of this agent nearest to `vector`, as (rowid, cosine distance)."""
+    if k <= 0:
+        return []
+    rows = conn.execute(
+        f"SELECT rowid, distance FROM {table} WHERE embedding MATCH ? AND k = ? AND agent_id = ? "
+        "ORDER BY distance",
+        (vector, k, agent_id),
+    )
+    return [(int(rowid), float(distance)) for rowid, distance in rows]
+
+
+def mark_rebuilding(conn: Connection, model: str, dim: int) -> None:
+    """Empty the vector tables for `model`; until `create_tables` records it, opening is refused."""
+    create_tables(conn, model, dim)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'embedding_model'", (f"unfinished re-embed to {model}",))
+
+
+def finish_rebuilding(conn: Connection, model: str, dim: int) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?), ('embedding_dim', ?)",
+        (model, str(dim)),
+    )
