@@ -35,7 +35,9 @@ def _logging(settings: Settings, quiet: bool) -> None:
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     if quiet:
         level = max(level, logging.WARNING)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("httpx", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

@@ -8,7 +8,6 @@ stdout, one block per message; inner monologue and tool activity go to stderr wi
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import TextIO
 
 from bot.runtime import Incoming, Runtime

@@ -85,7 +85,12 @@ class Agent:
             messages = await self.context()
             size = count_request(messages, self.tools.schemas)
         if size > self.budget.limit:
-            log.warning("agent %s: context %d tokens still over %d after flush", self.memory.agent_id, size, self.budget.limit)
+            log.warning(
+                "agent %s: context %d tokens still over %d after flush",
+                self.memory.agent_id,
+                size,
+                self.budget.limit,
+            )
         return messages
 
     async def _call(self) -> tuple[Completion, int]:
@@ -98,7 +103,11 @@ class Agent:
             except ModelError as exc:
                 if not exc.context_overflow or attempt == OVERFLOW_RETRIES:
                     raise
-                log.warning("agent %s: provider says context overflow at %d tokens; flushing harder", self.memory.agent_id, size)
+                log.warning(
+                    "agent %s: provider says context overflow at %d tokens; flushing harder",
+                    self.memory.agent_id,
+                    size,
+                )
                 harder = True
         raise AssertionError("unreachable")
 
@@ -127,7 +136,9 @@ class Agent:
         go_on = False
         for call in calls:
             outcome = await self.tools.call(ctx, call.name, call.arguments)
-            await self.memory.add_message("tool", "tool", outcome.content, tool_call_id=call.id, tool_name=call.name)
+            await self.memory.add_message(
+                "tool", "tool", outcome.content, tool_call_id=call.id, tool_name=call.name
+            )
             log.info("agent %s tool %s ok=%s", self.memory.agent_id, call.name, outcome.ok)
             turn.activity.append(f"{call.name}({call.arguments}) -> {outcome.content}")
             go_on = go_on or outcome.heartbeat or not outcome.ok
@@ -149,8 +160,14 @@ class Agent:
                 if not await self.step(turn, ctx):
                     break
             else:
-                log.warning("agent %s: step cap of %d reached; stopping the chain", self.memory.agent_id, self.max_steps)
-                await self.memory.add_message("user", "notice", f"Step cap of {self.max_steps} reached; the chain was stopped.")
+                log.warning(
+                    "agent %s: step cap of %d reached; stopping the chain",
+                    self.memory.agent_id,
+                    self.max_steps,
+                )
+                await self.memory.add_message(
+                    "user", "notice", f"Step cap of {self.max_steps} reached; the chain was stopped."
+                )
                 if kind == "user":
                     turn.replies.append(STEP_CAP_REPLY)
         except ModelError as exc:
@@ -160,7 +177,11 @@ class Agent:
             if kind == "user":
                 turn.replies.append(exc.user_message)
         log.info(
-            "agent %s: %s handled in %d steps, %.0f ms", self.memory.agent_id, kind, turn.steps, (time.perf_counter() - started) * 1000
+            "agent %s: %s handled in %d steps, %.0f ms",
+            self.memory.agent_id,
+            kind,
+            turn.steps,
+            (time.perf_counter() - started) * 1000,
         )
         return turn
 

@@ -34,7 +34,8 @@ class Embedder(Protocol):
 def _normalise(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return (matrix / norms).astype(np.float32)
+    normalised: npt.NDArray[np.float32] = (matrix / norms).astype(np.float32)
+    return normalised
 
 
 class _Cache:

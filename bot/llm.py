@@ -72,7 +72,10 @@ def _is_overflow(exc: openai.APIStatusError) -> bool:
 
 def _model_error(exc: Exception, endpoint: str) -> ModelError:
     if isinstance(exc, openai.APITimeoutError):
-        return ModelError(f"LLM timed out at {endpoint}", "The language model took too long to answer. Your message is saved; please try again.")
+        return ModelError(
+            f"LLM timed out at {endpoint}",
+            "The language model took too long to answer. Your message is saved; please try again.",
+        )
     if isinstance(exc, openai.APIConnectionError):
         return ModelError(
             f"cannot reach the LLM at {endpoint}: {exc.__cause__ or exc}; check OPENAI_BASE_URL",

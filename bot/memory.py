@@ -132,6 +132,7 @@ class AgentMemory:
     async def evict(self, through_id: int, summary: str, covers: int) -> int:
         def apply(conn: object) -> int:
             evicted = messages.evict(conn, self.agent_id, through_id)
+            messages.retire(conn, self.agent_id, "warning")  # a flush answers the warning
             agents.set_summary(conn, self.agent_id, summary, covers)
             return evicted
 

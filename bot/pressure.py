@@ -82,9 +82,7 @@ def choose_cut(queue: list[Message], tokens: list[int], keep_fraction: float) ->
     return cut
 
 
-async def summarise(
-    llm: LLM, memory: AgentMemory, evicted: list[Message], budget: Budget
-) -> str:
+async def summarise(llm: LLM, memory: AgentMemory, evicted: list[Message], budget: Budget) -> str:
     """The new summary: the old one plus `evicted`, folded chunk by chunk to fit the window."""
     summary = memory.agent.summary
     words = int(budget.summary_tokens * 0.7)

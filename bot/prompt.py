@@ -52,7 +52,9 @@ def system_message(agent: Agent, blocks: list[Block], stats: Stats, now: datetim
             f"{block.value}\n</{block.label}>"
         )
     updated = (
-        _fmt(from_iso(stats.memory_updated_at).astimezone(local.tzinfo)) if stats.memory_updated_at else "never"
+        _fmt(from_iso(stats.memory_updated_at).astimezone(local.tzinfo))
+        if stats.memory_updated_at
+        else "never"
     )
     parts.append(
         "## Memory statistics\n"

@@ -21,6 +21,11 @@ BATCH = 256
 Reader = Callable[[Connection, int, int, int], list[tuple[int, str]]]
 
 
+def _write(conn: Connection, table: str, agent_id: int, rows: list[tuple[int, bytes]]) -> None:
+    for row_id, blob in rows:
+        vectors.put(conn, table, agent_id, row_id, blob)
+
+
 async def _rebuild(db: Database, embedder: Embedder, agent_id: int, read: Reader, table: str) -> int:
     done, after = 0, 0
     while True:
@@ -29,11 +34,12 @@ async def _rebuild(db: Database, embedder: Embedder, agent_id: int, read: Reader
             return done
         found = await embedder.embed([truncate(text, 2000) for _, text in rows])
 
-        def write(conn: Connection, rows: list[tuple[int, str]] = rows) -> None:
-            for (row_id, _), vector in zip(rows, found, strict=True):
-                vectors.put(conn, table, agent_id, row_id, to_blob(vector))
-
-        await db.run(write)
+        await db.run(
+            _write,
+            table,
+            agent_id,
+            [(row_id, to_blob(v)) for (row_id, _), v in zip(rows, found, strict=True)],
+        )
         done += len(rows)
         after = rows[-1][0]
 
@@ -48,7 +54,9 @@ async def reembed(settings: Settings, report: Callable[[str], None] = print) -> 
         await db.run(vectors.mark_rebuilding, embedder.name, embedder.dim)
         total_messages = total_passages = 0
         for agent_id in await db.run(agents.ids):
-            total_messages += await _rebuild(db, embedder, agent_id, messages.searchable_texts, "messages_vec")
+            total_messages += await _rebuild(
+                db, embedder, agent_id, messages.searchable_texts, "messages_vec"
+            )
             total_passages += await _rebuild(db, embedder, agent_id, passages.texts, "passages_vec")
         await db.run(vectors.finish_rebuilding, embedder.name, embedder.dim)
         report(f"done: {total_messages} messages and {total_passages} passages embedded")

@@ -56,4 +56,6 @@ def rank_messages(
 
 def rank_passages(conn: Connection, agent_id: int, query: str, vector: bytes, limit: int) -> list[int]:
     """Ids of this agent's archival passages best matching `query`."""
-    return _rank(conn, agent_id, query, vector, limit, passages.text_matches, passages.nearest, lambda i: True)
+    return _rank(
+        conn, agent_id, query, vector, limit, passages.text_matches, passages.nearest, lambda i: True
+    )

@@ -34,6 +34,7 @@ BLOCKS = (
     ("human", "What you know about the user: name, preferences, people, plans."),
 )
 UNREACHABLE = "Something went wrong on my side. Your message is saved; please try again in a moment."
+STORAGE_FAILED = "I couldn't reach my memory store just now (it is busy or unavailable). Please send that again in a moment."
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,9 @@ class Runtime:
         self._locks: dict[int, asyncio.Lock] = {}
 
     @classmethod
-    async def start(cls, settings: Settings, llm: LLM | None = None, embedder: Embedder | None = None) -> Runtime:
+    async def start(
+        cls, settings: Settings, llm: LLM | None = None, embedder: Embedder | None = None
+    ) -> Runtime:
         """Open and migrate the database, load the embedder, check it matches the stored vectors."""
         embedder = embedder or await make_embedder(settings)
         db = await open_database(settings.db, embedder.name, embedder.dim)
@@ -90,17 +93,25 @@ class Runtime:
         """Run one event through its agent. Errors become a short reply, never an exception."""
         try:
             record = await self.agent_for(event.platform, event.user_id, event.user_name)
-        except (StorageError, MembotError) as exc:
+        except StorageError as exc:
             log.error("cannot load the agent for %s/%s: %s", event.platform, event.user_id, exc)
-            return Turn(replies=[UNREACHABLE], failed=True)
+            return Turn(replies=[STORAGE_FAILED], failed=True)
         lock = self._locks.setdefault(record.id, asyncio.Lock())
         async with lock:
             agent = Agent(
-                self.memory(record), self.llm, self.tools, self.budget, self.settings.max_steps, self.settings.log_content
+                self.memory(record),
+                self.llm,
+                self.tools,
+                self.budget,
+                self.settings.max_steps,
+                self.settings.log_content,
             )
             try:
                 turn = await agent.handle(event.kind, event.text)
-            except (StorageError, MembotError) as exc:
+            except StorageError as exc:
+                log.error("agent %s: turn failed: %s", record.id, exc)
+                return Turn(replies=[STORAGE_FAILED], failed=True)
+            except MembotError as exc:
                 log.error("agent %s: turn failed: %s", record.id, exc)
                 return Turn(replies=[UNREACHABLE], failed=True)
             except Exception:

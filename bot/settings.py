@@ -48,7 +48,9 @@ class Settings:
     )
     embedding_base_url: str = field(
         default="",
-        metadata=_env("MEMBOT_EMBEDDING_BASE_URL", "endpoint for openai:MODEL embeddings, if not OPENAI_BASE_URL"),
+        metadata=_env(
+            "MEMBOT_EMBEDDING_BASE_URL", "endpoint for openai:MODEL embeddings, if not OPENAI_BASE_URL"
+        ),
     )
     timezone: str = field(default="UTC", metadata=_env("MEMBOT_TIMEZONE", "IANA zone for new users"))
     max_steps: int = field(default=10, metadata=_env("MEMBOT_MAX_STEPS", "LLM calls per event at most"))
@@ -70,15 +72,21 @@ class Settings:
         default="", repr=False, metadata=_env("SLACK_BOT_TOKEN", "Slack bot token (xoxb-)", secret=True)
     )
     slack_app_token: str = field(
-        default="", repr=False, metadata=_env("SLACK_APP_TOKEN", "Slack app token for Socket Mode (xapp-)", secret=True)
+        default="",
+        repr=False,
+        metadata=_env("SLACK_APP_TOKEN", "Slack app token for Socket Mode (xapp-)", secret=True),
     )
     slack_signing_secret: str = field(
-        default="", repr=False, metadata=_env("SLACK_SIGNING_SECRET", "Slack signing secret (HTTP mode)", secret=True)
+        default="",
+        repr=False,
+        metadata=_env("SLACK_SIGNING_SECRET", "Slack signing secret (HTTP mode)", secret=True),
     )
     slack_api_url: str = field(
         default="https://slack.com/api/", metadata=_env("SLACK_API_URL", "Slack Web API base URL")
     )
-    http_host: str = field(default="127.0.0.1", metadata=_env("MEMBOT_HTTP_HOST", "address of the HTTP listener"))
+    http_host: str = field(
+        default="127.0.0.1", metadata=_env("MEMBOT_HTTP_HOST", "address of the HTTP listener")
+    )
     http_port: int = field(default=3000, metadata=_env("MEMBOT_HTTP_PORT", "port of the HTTP listener"))
 
     @property
@@ -123,7 +131,9 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
     return text
 
 
-def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | Path | None = ".env") -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv_path: str | Path | None = ".env"
+) -> Settings:
     """Build the settings from `.env` (if present) overlaid by the environment."""
     values: dict[str, str] = {}
     if dotenv_path is not None and Path(dotenv_path).is_file():

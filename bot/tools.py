@@ -109,7 +109,7 @@ def _decode(name: str, raw: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ToolError(
             f"The arguments for {name} are not valid JSON ({exc.msg} at character {exc.pos}). "
-            "Send a JSON object, for example {\"message\": \"...\"}."
+            'Send a JSON object, for example {"message": "..."}.'
         ) from None
     if isinstance(value, str):  # some models double-encode
         return _decode(name, value)

@@ -54,9 +54,7 @@ def get(conn: Connection, agent_id: int) -> Agent:
     return _row(row)
 
 
-def create(
-    conn: Connection, platform: str, platform_user_id: str, display_name: str, timezone: str
-) -> Agent:
+def create(conn: Connection, platform: str, platform_user_id: str, display_name: str, timezone: str) -> Agent:
     now = now_iso()
     cursor = conn.execute(
         "INSERT INTO agents (platform, platform_user_id, display_name, timezone, created_at, "

@@ -69,7 +69,7 @@ def _load_vec(conn: Connection) -> None:
         ) from exc
 
 
-def connect(path: str | Path) -> Connection:
+def connect(path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Connection:
     """Open the database file with sqlite-vec loaded, WAL, foreign keys and a busy timeout."""
     module = driver()
     target = str(path)
@@ -77,7 +77,7 @@ def connect(path: str | Path) -> Connection:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = module.connect(target, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -106,15 +106,16 @@ def describe_error(exc: BaseException, path: str) -> str:
 class Database:
     """One SQLite file served by one worker thread."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = str(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="membot-db")
         self._conn: Connection | None = None
         self._lock = threading.Lock()
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = connect(self.path)
+            self._conn = connect(self.path, self.busy_timeout_ms)
         return self._conn
 
     def call(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -16,9 +16,7 @@ from storage.clock import now_iso
 from storage.db import Connection
 from storage.fulltext import match_query
 
-COLUMNS = (
-    "id, role, kind, content, tool_calls, tool_call_id, tool_name, search_text, created_at, in_context"
-)
+COLUMNS = "id, role, kind, content, tool_calls, tool_call_id, tool_name, search_text, created_at, in_context"
 
 
 @dataclass(frozen=True)
@@ -96,10 +94,17 @@ def evict(conn: Connection, agent_id: int, through_id: int) -> int:
     return int(cursor.rowcount)
 
 
-def count(conn: Connection, agent_id: int) -> int:
-    return int(
-        conn.execute("SELECT count(*) FROM messages WHERE agent_id = ?", (agent_id,)).fetchone()[0]
+def retire(conn: Connection, agent_id: int, kind: str) -> int:
+    """Take every message of `kind` (e.g. stale warnings) out of the queue."""
+    cursor = conn.execute(
+        "UPDATE messages SET in_context = 0 WHERE agent_id = ? AND in_context = 1 AND kind = ?",
+        (agent_id, kind),
     )
+    return int(cursor.rowcount)
+
+
+def count(conn: Connection, agent_id: int) -> int:
+    return int(conn.execute("SELECT count(*) FROM messages WHERE agent_id = ?", (agent_id,)).fetchone()[0])
 
 
 def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Message]:
@@ -145,9 +150,7 @@ def searchable_between(
     return [_row(row) for row in rows], int(total.fetchone()[0])
 
 
-def searchable_texts(
-    conn: Connection, agent_id: int, after_id: int, limit: int
-) -> list[tuple[int, str]]:
+def searchable_texts(conn: Connection, agent_id: int, after_id: int, limit: int) -> list[tuple[int, str]]:
     """(id, search_text) of this agent's searchable messages after `after_id`, for re-embedding."""
     rows = conn.execute(
         "SELECT id, search_text FROM messages WHERE agent_id = ? AND id > ? AND search_text != '' "

@@ -73,7 +73,7 @@ def m001_initial(conn: Connection) -> None:
             created_at TEXT NOT NULL
         );
         CREATE INDEX passages_by_agent ON passages (agent_id, id);
-        """
+        """,
     )
 
 
@@ -114,7 +114,7 @@ def m002_full_text(conn: Connection) -> None:
         END;
         INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
         INSERT INTO passages_fts (passages_fts) VALUES ('rebuild');
-        """
+        """,
     )
 
 
@@ -147,9 +147,7 @@ MIGRATIONS: list[Migration] = [m001_initial, m002_full_text]
 
 
 def applied(conn: Connection) -> list[str]:
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-    )
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
 

@@ -22,9 +22,7 @@ class Passage:
     created_at: str
 
 
-def insert(
-    conn: Connection, agent_id: int, content: str, embedding: bytes, source: str = "agent"
-) -> Passage:
+def insert(conn: Connection, agent_id: int, content: str, embedding: bytes, source: str = "agent") -> Passage:
     now = now_iso()
     cursor = conn.execute(
         "INSERT INTO passages (agent_id, content, source, created_at) VALUES (?, ?, ?, ?)",
@@ -37,9 +35,7 @@ def insert(
 
 
 def count(conn: Connection, agent_id: int) -> int:
-    return int(
-        conn.execute("SELECT count(*) FROM passages WHERE agent_id = ?", (agent_id,)).fetchone()[0]
-    )
+    return int(conn.execute("SELECT count(*) FROM passages WHERE agent_id = ?", (agent_id,)).fetchone()[0])
 
 
 def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Passage]:

@@ -63,9 +63,7 @@ def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes) 
     )
 
 
-def nearest(
-    conn: Connection, table: str, agent_id: int, vector: bytes, k: int
-) -> list[tuple[int, float]]:
+def nearest(conn: Connection, table: str, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
     """The `k` rows of this agent nearest to `vector`, as (rowid, cosine distance)."""
     if k <= 0:
         return []
@@ -80,7 +78,9 @@ def nearest(
 def mark_rebuilding(conn: Connection, model: str, dim: int) -> None:
     """Empty the vector tables for `model`; until `create_tables` records it, opening is refused."""
     create_tables(conn, model, dim)
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'embedding_model'", (f"unfinished re-embed to {model}",))
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE key = 'embedding_model'", (f"unfinished re-embed to {model}",)
+    )
 
 
 def finish_rebuilding(conn: Connection, model: str, dim: int) -> None:

@@ -35,7 +35,9 @@ class Answer:
         if self.raw is not None:
             return self.raw
         if self.status != 200:
-            return json.dumps({"error": {"message": self.error or "fake failure", "type": "server_error"}}).encode()
+            return json.dumps(
+                {"error": {"message": self.error or "fake failure", "type": "server_error"}}
+            ).encode()
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self.tool_calls:
             message["tool_calls"] = [
@@ -104,7 +106,9 @@ class FakeOpenAI:
                         {"object": "embedding", "index": i, "embedding": hash_embedding(t)}
                         for i, t in enumerate(inputs)
                     ]
-                    self._send(200, json.dumps({"object": "list", "data": data, "model": request["model"]}).encode())
+                    self._send(
+                        200, json.dumps({"object": "list", "data": data, "model": request["model"]}).encode()
+                    )
                     return
                 with fake._lock:
                     fake.requests.append(request)

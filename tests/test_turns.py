@@ -16,7 +16,11 @@ async def test_reply_goes_through_send_message_and_everything_is_on_disk(fake_se
     assert turn.replies == ["heard: hello there"]
     agent = await runtime.agent_for("terminal", "alice")
     stored = await runtime.db.run(messages.in_context, agent.id)
-    assert [(m.role, m.kind) for m in stored] == [("user", "user"), ("assistant", "assistant"), ("tool", "tool")]
+    assert [(m.role, m.kind) for m in stored] == [
+        ("user", "user"),
+        ("assistant", "assistant"),
+        ("tool", "tool"),
+    ]
     assert stored[0].content == "hello there"
     request = fake.requests[0]
     assert request["messages"][0]["role"] == "system"
@@ -51,7 +55,9 @@ def _then_say(first: Answer, text: str = "recovered"):
 
 
 async def test_bad_json_arguments_go_back_to_the_model_as_a_failed_result(fake_server, runtime_for):
-    fake = fake_server(_then_say(Answer(tool_calls=[("core_memory_append", '{"label": "human", "content": ')])))
+    fake = fake_server(
+        _then_say(Answer(tool_calls=[("core_memory_append", '{"label": "human", "content": ')]))
+    )
     runtime = await runtime_for(fake)
     turn = await runtime.handle(Incoming("terminal", "carol", "hi"))
     assert len(turn.replies) == 1 and turn.replies[0].startswith("recovered after")
