@@ -21,7 +21,7 @@ from bot.llm import LLM, Completion
 from bot.memory import AgentMemory
 from bot.pressure import Budget, flush
 from bot.prompt import render_queue, system_message
-from bot.tokens import count_request
+from bot.tokens import PER_REQUEST, count_message
 from bot.tools import Registry, ToolContext
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class Turn:
     failed: bool = False
     prompt_tokens: list[int] = field(default_factory=list)
     activity: list[str] = field(default_factory=list)
+    llm_seconds: float = 0.0
 
 
 class Agent:
@@ -63,41 +64,37 @@ class Agent:
         self.max_steps = max_steps
         self.log_content = log_content
 
-    async def context(self) -> list[dict[str, Any]]:
-        memory = self.memory
-        agent = await memory.refresh()
-        system = system_message(agent, await memory.blocks(), await memory.stats(), datetime.now(UTC))
-        return [system, *render_queue(await memory.queue(), agent, self.budget.per_message)]
+    async def context(self) -> tuple[list[dict[str, Any]], int]:
+        """The main context for the next call, and its size in tokens (tool schemas included)."""
+        agent, blocks, stats, queue = await self.memory.snapshot()
+        system = system_message(agent, blocks, stats, datetime.now(UTC))
+        rendered = render_queue(queue, agent, self.budget.per_message)
+        size = PER_REQUEST + count_message(system) + sum(n for _, n in rendered) + self.tools.schema_tokens
+        return [system, *(entry for entry, _ in rendered)], size
 
-    async def _fit(self, harder: bool = False) -> list[dict[str, Any]]:
+    async def _fit(self, harder: bool = False) -> tuple[list[dict[str, Any]], int]:
         """Compile the context, warning or evicting so that it fits the budget."""
-        messages = await self.context()
-        size = count_request(messages, self.tools.schemas)
+        messages, size = await self.context()
         if harder or size > self.budget.limit:
-            keep = 0.5 * self.budget.limit / max(size, 1) if not harder else 0.2
-            await flush(self.llm, self.memory, await self.memory.queue(), self.budget, min(keep, 0.5))
-            messages = await self.context()
-            size = count_request(messages, self.tools.schemas)
+            keep = 0.2 if harder else min(0.5, 0.5 * self.budget.limit / size)
+            await flush(self.llm, self.memory, await self.memory.queue(), self.budget, keep)
+            messages, size = await self.context()
         elif size > self.budget.warn_at and not self.memory.agent.pressure_warned:
             percent = round(100 * size / self.budget.window)
             await self.memory.add_message("user", "warning", PRESSURE_WARNING.format(percent=percent))
             await self.memory.set_pressure_warned(True)
-            messages = await self.context()
-            size = count_request(messages, self.tools.schemas)
+            messages, size = await self.context()
         if size > self.budget.limit:
             log.warning(
-                "agent %s: context %d tokens still over %d after flush",
-                self.memory.agent_id,
-                size,
-                self.budget.limit,
+                "agent %s: context %d tokens still over %d after flush", self.memory.agent_id, size, self.budget.limit
             )
-        return messages
+        return messages, size
 
-    async def _call(self) -> tuple[Completion, int]:
+    async def _call(self, turn: Turn) -> tuple[Completion, int]:
         harder = False
         for attempt in range(OVERFLOW_RETRIES + 1):
-            messages = await self._fit(harder)
-            size = count_request(messages, self.tools.schemas)
+            messages, size = await self._fit(harder)
+            started = time.perf_counter()
             try:
                 return await self.llm.complete(messages, self.tools.schemas), size
             except ModelError as exc:
@@ -109,11 +106,13 @@ class Agent:
                     size,
                 )
                 harder = True
+            finally:
+                turn.llm_seconds += time.perf_counter() - started
         raise AssertionError("unreachable")
 
     async def step(self, turn: Turn, ctx: ToolContext) -> bool:
         """One LLM call and its tool calls; True if the loop should go on."""
-        completion, size = await self._call()
+        completion, size = await self._call(turn)
         turn.steps += 1
         turn.prompt_tokens.append(size)
         calls = completion.tool_calls

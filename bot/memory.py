@@ -16,7 +16,7 @@ from bot.tokens import truncate
 from storage import agents, blocks, messages, passages
 from storage.agents import Agent
 from storage.blocks import Block
-from storage.db import Database
+from storage.db import Connection, Database
 from storage.messages import Message
 from storage.passages import Passage
 
@@ -117,9 +117,22 @@ class AgentMemory:
         ids = await self.db.run(retrieval.rank_passages, self.agent_id, query, vector, limit)
         return await self.db.run(passages.get_many, self.agent_id, ids)
 
+    async def snapshot(self) -> tuple[Agent, list[Block], Stats, list[Message]]:
+        """Everything the main context needs, read in one transaction."""
+
+        def read(conn: Connection) -> tuple[Agent, list[Block], Stats, list[Message]]:
+            agent = agents.get(conn, self.agent_id)
+            stats = Stats(
+                messages.count(conn, self.agent_id), passages.count(conn, self.agent_id), agent.memory_updated_at
+            )
+            return agent, blocks.list_for(conn, self.agent_id), stats, messages.in_context(conn, self.agent_id)
+
+        self.agent, found_blocks, stats, queue = await self.db.run(read)
+        return self.agent, found_blocks, stats, queue
+
     # statistics, summary, eviction
     async def stats(self) -> Stats:
-        def read(conn: object) -> Stats:
+        def read(conn: Connection) -> Stats:
             agent = agents.get(conn, self.agent_id)
             return Stats(
                 messages.count(conn, self.agent_id),
@@ -130,7 +143,7 @@ class AgentMemory:
         return await self.db.run(read)
 
     async def evict(self, through_id: int, summary: str, covers: int) -> int:
-        def apply(conn: object) -> int:
+        def apply(conn: Connection) -> int:
             evicted = messages.evict(conn, self.agent_id, through_id)
             messages.retire(conn, self.agent_id, "warning")  # a flush answers the warning
             agents.set_summary(conn, self.agent_id, summary, covers)

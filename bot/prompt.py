@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bot.memory import Stats
-from bot.tokens import truncate
+from bot.tokens import count_message, truncate
 from storage.agents import Agent
 from storage.blocks import Block
 from storage.clock import from_iso
@@ -44,7 +46,7 @@ def _fmt(moment: datetime) -> str:
 
 
 def system_message(agent: Agent, blocks: list[Block], stats: Stats, now: datetime) -> dict[str, Any]:
-    local = now.astimezone(_zone(agent))
+    local = now.astimezone(_zone(agent.timezone))
     parts = [INSTRUCTIONS, "## Core memory"]
     for block in blocks:
         parts.append(
@@ -68,56 +70,68 @@ def system_message(agent: Agent, blocks: list[Block], stats: Stats, now: datetim
     return {"role": "system", "content": "\n\n".join(parts)}
 
 
-def _zone(agent: Agent) -> Any:
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(agent.timezone)
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def stamp(message: Message, agent: Agent) -> str:
-    return _fmt(from_iso(message.created_at).astimezone(_zone(agent)))
+    return _fmt(from_iso(message.created_at).astimezone(_zone(agent.timezone)))
 
 
-def render_queue(queue: list[Message], agent: Agent, max_tokens_each: int) -> list[dict[str, Any]]:
-    """The FIFO queue in wire format; repairs tool calls left without results by a crash."""
-    wire: list[dict[str, Any]] = []
-    open_calls: dict[str, dict[str, Any]] = {}
+Rendered = tuple[dict[str, Any], int]
+INTERRUPTED = json.dumps({"status": "Failed", "message": "Interrupted before it ran."})
+
+
+@lru_cache(maxsize=50_000)
+def render_message(message: Message, timezone: str, max_tokens: int) -> Rendered:
+    """One stored message in wire format, with its token count (messages never change: cached)."""
+    content = _clip(message.content, max_tokens)
+    when = _fmt(from_iso(message.created_at).astimezone(_zone(timezone)))
+    entry: dict[str, Any]
+    if message.role == "tool":
+        entry = {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
+    elif message.role == "assistant":
+        entry = {"role": "assistant", "content": content or None}
+        if message.tool_calls:
+            entry["tool_calls"] = json.loads(message.tool_calls)
+    elif message.kind == "user":
+        entry = {"role": "user", "content": f"[{when}] {content}"}
+    else:
+        entry = {"role": "user", "content": f"[{when}] [system event] {content}"}
+    return entry, count_message(entry)
+
+
+def render_queue(queue: list[Message], agent: Agent, max_tokens_each: int) -> list[Rendered]:
+    """The FIFO queue in wire format with token counts; repairs tool calls a crash left unanswered.
+
+    The wire dicts are shared with the render cache: callers must not change them.
+    """
+    wire: list[Rendered] = []
+    open_calls: list[str] = []
     answered: set[str] = set()
     for message in queue:
-        content = _clip(message.content, max_tokens_each)
+        entry, size = render_message(message, agent.timezone, max_tokens_each)
         if message.role == "tool":
             if message.tool_call_id not in open_calls or message.tool_call_id in answered:
                 continue  # its call was evicted or never stored: a lone result is invalid on the wire
             answered.add(str(message.tool_call_id))
-            wire.append({"role": "tool", "tool_call_id": message.tool_call_id, "content": content})
+            wire.append((entry, size))
             continue
         _close_unanswered(wire, open_calls, answered)
-        if message.role == "assistant":
-            entry: dict[str, Any] = {"role": "assistant", "content": content or None}
-            if message.tool_calls:
-                calls = json.loads(message.tool_calls)
-                entry["tool_calls"] = calls
-                open_calls = {call["id"]: call for call in calls}
-                answered = set()
-            wire.append(entry)
-        elif message.kind == "user":
-            wire.append({"role": "user", "content": f"[{stamp(message, agent)}] {content}"})
-        else:
-            wire.append({"role": "user", "content": f"[{stamp(message, agent)}] [system event] {content}"})
+        if entry.get("tool_calls"):
+            open_calls = [call["id"] for call in entry["tool_calls"]]
+            answered = set()
+        wire.append((entry, size))
     _close_unanswered(wire, open_calls, answered)
     return wire
 
 
-def _close_unanswered(wire: list[dict[str, Any]], open_calls: dict[str, Any], answered: set[str]) -> None:
+def _close_unanswered(wire: list[Rendered], open_calls: list[str], answered: set[str]) -> None:
     for call_id in open_calls:
         if call_id not in answered:
-            wire.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call_id,
-                    "content": json.dumps({"status": "Failed", "message": "Interrupted before it ran."}),
-                }
-            )
+            entry = {"role": "tool", "tool_call_id": call_id, "content": INTERRUPTED}
+            wire.append((entry, count_message(entry)))
             answered.add(call_id)
     open_calls.clear()
 

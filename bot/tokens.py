@@ -64,7 +64,7 @@ def count_message(message: dict[str, Any]) -> int:
 
 
 def count_tools(tools: Iterable[dict[str, Any]]) -> int:
-    return sum(count_text(json.dumps(tool, separators=(",", ":"))) for tool in tools)
+    return sum(count_text(json.dumps(tool)) for tool in tools)
 
 
 def count_request(messages: Iterable[dict[str, Any]], tools: Iterable[dict[str, Any]] = ()) -> int:

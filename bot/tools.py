@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from bot.errors import ToolError
+from bot.tokens import count_tools
 
 if TYPE_CHECKING:
     from bot.memory import AgentMemory
@@ -146,6 +147,7 @@ class Registry:
     def __init__(self, tools: list[Tool]) -> None:
         self.tools = {t.name: t for t in tools}
         self.schemas = [t.schema() for t in tools]
+        self.schema_tokens = count_tools(self.schemas)
 
     async def call(self, ctx: ToolContext, name: str, raw: str) -> ToolOutcome:
         found = self.tools.get(name)

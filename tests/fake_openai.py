@@ -8,6 +8,7 @@ deterministic bag-of-words hash (for tests of the `openai:MODEL` embedder).
 from __future__ import annotations
 
 import hashlib
+import socket
 import json
 import threading
 import time
@@ -95,6 +96,10 @@ class FakeOpenAI:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
