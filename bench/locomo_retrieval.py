@@ -746,11 +746,14 @@ class Bench:
             ),
             (f"linear bm25+{e} clean", lambda c, q: linear([(B(c, q), 1), (Dc(c, q, e), 1)])),
             (
-                f"linear bm25+{e} +smooth0.5",
+                f"linear bm25+{e} clean +smooth0.5",
                 lambda c, q: self.pipeline(c, q, e, alphas=(0.5,), beta=0, gamma=0),
             ),
-            (f"linear bm25+{e} clean +smooth(.5,.35,.2)", lambda c, q: self.pipeline(c, q, e, beta=0, gamma=0)),
-            ("  +speaker boost 0.3", lambda c, q: self.pipeline(c, q, e, gamma=0)),
+            (
+                f"linear bm25+{e} clean +smooth(.5,.35,.2)",
+                lambda c, q: self.pipeline(c, q, e, beta=0, gamma=0),
+            ),
+            (f"  + speaker boost 0.3 ({e})", lambda c, q: self.pipeline(c, q, e, gamma=0)),
             (f"  + date boost 0.2 = BEST ({e})", lambda c, q: self.pipeline(c, q, e)),
             (f"BEST ({e}), top-100 candidates/retriever", lambda c, q: self.pipeline(c, q, e, limit=100)),
         ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import statistics
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+logging.basicConfig(level=logging.WARNING)  # before wordllama, which would set INFO on import
 
 from bot.embedding import WordLlamaEmbedder, to_blob  # noqa: E402
 from bot.runtime import Incoming, Runtime  # noqa: E402
@@ -65,7 +67,14 @@ def populate(runtime: Runtime, agent_id: int, n_messages: int, n_passages: int) 
             for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
                 role = "user" if i % 2 == 0 else "assistant"
                 messages.append(
-                    conn, agent_id, role, role, text, search_text=text, embedding=to_blob(vector), in_context=False
+                    conn,
+                    agent_id,
+                    role,
+                    role,
+                    text,
+                    search_text=text,
+                    embedding=to_blob(vector),
+                    in_context=False,
                 )
 
         runtime.db.call(write)
@@ -98,17 +107,24 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(model) as fake:
         settings = load_settings(
-            {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "x", "MEMBOT_DB": f"{tmp}/bench.db"}, dotenv_path=None
+            {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "x", "MEMBOT_DB": f"{tmp}/bench.db"},
+            dotenv_path=None,
         )
         runtime = await Runtime.start(settings)
         agent = await runtime.agent_for("bench", "user")
         started = time.perf_counter()
         populate(runtime, agent.id, n_messages, n_passages)
-        print(f"history: {n_messages} messages, {n_passages} passages in {time.perf_counter() - started:.1f} s")
+        print(
+            f"history: {n_messages} messages, {n_passages} passages in {time.perf_counter() - started:.1f} s"
+        )
 
         overheads, llm_waits, steps = [], [], 0
         for i in range(args.turns):
-            text = f"search my memory please ({i})" if i % 4 == 0 else f"message {i}: {sentence(random.Random(i))}"
+            text = (
+                f"search my memory please ({i})"
+                if i % 4 == 0
+                else f"message {i}: {sentence(random.Random(i))}"
+            )
             t0 = time.perf_counter()
             turn = await runtime.handle(Incoming("bench", "user", text))
             total = time.perf_counter() - t0
@@ -132,7 +148,7 @@ async def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2))  # noqa: ASYNC240
 
 
 if __name__ == "__main__":

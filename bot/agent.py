@@ -72,12 +72,13 @@ class Agent:
         size = PER_REQUEST + count_message(system) + sum(n for _, n in rendered) + self.tools.schema_tokens
         return [system, *(entry for entry, _ in rendered)], size
 
-    async def _fit(self, harder: bool = False) -> tuple[list[dict[str, Any]], int]:
+    async def _fit(self, turn: Turn, harder: bool = False) -> tuple[list[dict[str, Any]], int]:
         """Compile the context, warning or evicting so that it fits the budget."""
         messages, size = await self.context()
         if harder or size > self.budget.limit:
             keep = 0.2 if harder else min(0.5, 0.5 * self.budget.limit / size)
-            await flush(self.llm, self.memory, await self.memory.queue(), self.budget, keep)
+            flushed = await flush(self.llm, self.memory, await self.memory.queue(), self.budget, keep)
+            turn.llm_seconds += flushed.llm_seconds
             messages, size = await self.context()
         elif size > self.budget.warn_at and not self.memory.agent.pressure_warned:
             percent = round(100 * size / self.budget.window)
@@ -86,14 +87,17 @@ class Agent:
             messages, size = await self.context()
         if size > self.budget.limit:
             log.warning(
-                "agent %s: context %d tokens still over %d after flush", self.memory.agent_id, size, self.budget.limit
+                "agent %s: context %d tokens still over %d after flush",
+                self.memory.agent_id,
+                size,
+                self.budget.limit,
             )
         return messages, size
 
     async def _call(self, turn: Turn) -> tuple[Completion, int]:
         harder = False
         for attempt in range(OVERFLOW_RETRIES + 1):
-            messages, size = await self._fit(harder)
+            messages, size = await self._fit(turn, harder)
             started = time.perf_counter()
             try:
                 return await self.llm.complete(messages, self.tools.schemas), size

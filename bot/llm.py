@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -54,6 +54,7 @@ class Completion:
     content: str
     tool_calls: list[ToolCall] = field(default_factory=list)
     prompt_tokens: int | None = None
+    seconds: float = 0.0
 
 
 def make_client(settings: Settings) -> AsyncOpenAI:
@@ -171,13 +172,14 @@ class LLM:
                 f"LLM at {self.endpoint} returned a body that is not JSON: {exc}",
                 "The language model sent back an answer I couldn't read. Your message is saved; please try again.",
             ) from exc
-        completion = parse_completion(payload)
+        elapsed = time.perf_counter() - started
+        completion = replace(parse_completion(payload), seconds=elapsed)
         log.info(
             "llm call: %d messages, %d tool calls back, prompt_tokens=%s, %.0f ms",
             len(messages),
             len(completion.tool_calls),
             completion.prompt_tokens,
-            (time.perf_counter() - started) * 1000,
+            elapsed * 1000,
         )
         return completion
 

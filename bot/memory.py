@@ -123,9 +123,16 @@ class AgentMemory:
         def read(conn: Connection) -> tuple[Agent, list[Block], Stats, list[Message]]:
             agent = agents.get(conn, self.agent_id)
             stats = Stats(
-                messages.count(conn, self.agent_id), passages.count(conn, self.agent_id), agent.memory_updated_at
+                messages.count(conn, self.agent_id),
+                passages.count(conn, self.agent_id),
+                agent.memory_updated_at,
             )
-            return agent, blocks.list_for(conn, self.agent_id), stats, messages.in_context(conn, self.agent_id)
+            return (
+                agent,
+                blocks.list_for(conn, self.agent_id),
+                stats,
+                messages.in_context(conn, self.agent_id),
+            )
 
         self.agent, found_blocks, stats, queue = await self.db.run(read)
         return self.agent, found_blocks, stats, queue

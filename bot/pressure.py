@@ -82,9 +82,13 @@ def choose_cut(queue: list[Message], tokens: list[int], keep_fraction: float) ->
     return cut
 
 
-async def summarise(llm: LLM, memory: AgentMemory, evicted: list[Message], budget: Budget) -> str:
-    """The new summary: the old one plus `evicted`, folded chunk by chunk to fit the window."""
+async def summarise(
+    llm: LLM, memory: AgentMemory, evicted: list[Message], budget: Budget
+) -> tuple[str, float]:
+    """The new summary (the old one plus `evicted`, folded chunk by chunk to fit the window) and
+    the seconds spent waiting on the LLM."""
     summary = memory.agent.summary
+    waited = 0.0
     words = int(budget.summary_tokens * 0.7)
     room = budget.limit - budget.summary_tokens - count_text(SUMMARY_PROMPT) - 200
     chunk: list[str] = []
@@ -95,12 +99,13 @@ async def summarise(llm: LLM, memory: AgentMemory, evicted: list[Message], budge
         chunk.append(line)
         used += size
         if used >= room - count_text(summary) - budget.per_message or index == len(lines) - 1:
-            summary = await _fold(llm, summary, chunk, words, budget)
+            summary, seconds = await _fold(llm, summary, chunk, words, budget)
+            waited += seconds
             chunk, used = [], 0
-    return summary
+    return summary, waited
 
 
-async def _fold(llm: LLM, summary: str, lines: list[str], words: int, budget: Budget) -> str:
+async def _fold(llm: LLM, summary: str, lines: list[str], words: int, budget: Budget) -> tuple[str, float]:
     request = [
         {"role": "system", "content": SUMMARY_PROMPT.format(words=words)},
         {
@@ -112,21 +117,28 @@ async def _fold(llm: LLM, summary: str, lines: list[str], words: int, budget: Bu
     text = completion.content.strip()
     if not text:
         raise ModelError("the summariser returned an empty summary", "")
-    return truncate(text, budget.summary_tokens)
+    return truncate(text, budget.summary_tokens), completion.seconds
+
+
+@dataclass(frozen=True)
+class Flushed:
+    evicted: int
+    llm_seconds: float
 
 
 async def flush(
     llm: LLM, memory: AgentMemory, queue: list[Message], budget: Budget, keep_fraction: float = 0.5
-) -> int:
-    """Evict the oldest part of the queue into the summary; return how many messages left view."""
+) -> Flushed:
+    """Evict the oldest part of the queue into the summary."""
     tokens = [count_text(m.content) + count_text(m.tool_calls or "") + 4 for m in queue]
     cut = choose_cut(queue, tokens, keep_fraction)
     if cut == 0:
-        return 0
+        return Flushed(0, 0.0)
     evicted = queue[:cut]
     covers = memory.agent.summary_covers + len(evicted)
+    waited = 0.0
     try:
-        summary = await summarise(llm, memory, evicted, budget)
+        summary, waited = await summarise(llm, memory, evicted, budget)
     except ModelError as exc:
         log.warning("agent %s: summariser failed (%s); evicting without a summary", memory.agent_id, exc)
         note = (
@@ -137,4 +149,4 @@ async def flush(
     await memory.evict(evicted[-1].id, summary, covers)
     await memory.add_message("system", "summary", summary, in_context=False)
     log.info("agent %s: evicted %d messages into the summary", memory.agent_id, len(evicted))
-    return len(evicted)
+    return Flushed(len(evicted), waited)

@@ -2,7 +2,7 @@
 
 Table `agents`: id, platform, platform_user_id, display_name, timezone, the recursive summary
 (`summary`, `summary_covers` = how many messages it stands for), `pressure_warned` (a memory
-pressure warning was given since the last flush), memory_updated_at, created_at, last_active_at.
+pressure warning was given since the last flush), memory_updated_at, created_at, last_active_at, and message_count / passage_count (kept by triggers).
 """
 
 from __future__ import annotations

@@ -104,7 +104,9 @@ def retire(conn: Connection, agent_id: int, kind: str) -> int:
 
 
 def count(conn: Connection, agent_id: int) -> int:
-    return int(conn.execute("SELECT count(*) FROM messages WHERE agent_id = ?", (agent_id,)).fetchone()[0])
+    """How many messages this agent has (a counter kept by triggers, not a scan)."""
+    row = conn.execute("SELECT message_count FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Message]:

@@ -141,9 +141,35 @@ def _execute_all(conn: Connection, script: str) -> None:
         conn.execute("\n".join(statement))
 
 
+def m003_counters(conn: Connection) -> None:
+    """Message and passage counts per agent, kept by triggers (memory statistics on every step)."""
+    _execute_all(
+        conn,
+        """
+        ALTER TABLE agents ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE agents ADD COLUMN passage_count INTEGER NOT NULL DEFAULT 0;
+        UPDATE agents SET
+            message_count = (SELECT count(*) FROM messages WHERE messages.agent_id = agents.id),
+            passage_count = (SELECT count(*) FROM passages WHERE passages.agent_id = agents.id);
+        CREATE TRIGGER messages_count_insert AFTER INSERT ON messages BEGIN
+            UPDATE agents SET message_count = message_count + 1 WHERE id = new.agent_id;
+        END;
+        CREATE TRIGGER messages_count_delete AFTER DELETE ON messages BEGIN
+            UPDATE agents SET message_count = message_count - 1 WHERE id = old.agent_id;
+        END;
+        CREATE TRIGGER passages_count_insert AFTER INSERT ON passages BEGIN
+            UPDATE agents SET passage_count = passage_count + 1 WHERE id = new.agent_id;
+        END;
+        CREATE TRIGGER passages_count_delete AFTER DELETE ON passages BEGIN
+            UPDATE agents SET passage_count = passage_count - 1 WHERE id = old.agent_id;
+        END;
+        """,
+    )
+
+
 Migration = Callable[[Connection], None]
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_full_text]
+MIGRATIONS: list[Migration] = [m001_initial, m002_full_text, m003_counters]
 
 
 def applied(conn: Connection) -> list[str]:

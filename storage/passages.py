@@ -35,7 +35,9 @@ def insert(conn: Connection, agent_id: int, content: str, embedding: bytes, sour
 
 
 def count(conn: Connection, agent_id: int) -> int:
-    return int(conn.execute("SELECT count(*) FROM passages WHERE agent_id = ?", (agent_id,)).fetchone()[0])
+    """How many passages this agent has (a counter kept by triggers, not a scan)."""
+    row = conn.execute("SELECT passage_count FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Passage]:

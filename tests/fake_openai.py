@@ -8,8 +8,8 @@ deterministic bag-of-words hash (for tests of the `openai:MODEL` embedder).
 from __future__ import annotations
 
 import hashlib
-import socket
 import json
+import socket
 import threading
 import time
 import uuid
@@ -88,6 +88,8 @@ class FakeOpenAI:
         self.script = script
         self.requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         fake = self
 
@@ -117,9 +119,15 @@ class FakeOpenAI:
                     return
                 with fake._lock:
                     fake.requests.append(request)
-                answer = fake.script(request)
-                if answer.delay:
-                    time.sleep(answer.delay)
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    answer = fake.script(request)
+                    if answer.delay:
+                        time.sleep(answer.delay)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
                 self._send(answer.status, answer.body())
 
             def _send(self, status: int, body: bytes) -> None:

@@ -35,3 +35,9 @@ def test_only_settings_reads_the_environment():
             if path.name == "settings.py":
                 continue
             assert "os.environ" not in path.read_text() and "getenv" not in path.read_text(), path
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
+    assert ci in readme

@@ -157,3 +157,24 @@ def test_not_a_database_file_is_a_plain_error(tmp_path: Path):
     with pytest.raises(StorageError, match="not a readable membot database"):
         db.call(migrations.migrate)
     db.close()
+
+
+def test_counters_match_the_rows_after_migrating_an_older_file(tmp_path: Path):
+    db = Database(tmp_path / "counts.db")
+    db.call(migrations.migrate, 2)
+    db.call(
+        lambda c: c.execute(
+            "INSERT INTO agents (platform, platform_user_id, timezone, created_at, last_active_at) "
+            "VALUES ('slack', 'U1', 'UTC', '2024-01-01T00:00:00.000000Z', '2024-01-01T00:00:00.000000Z')"
+        )
+    )
+    for i in range(3):
+        db.call(messages.append, 1, "user", "user", f"old {i}", search_text=f"old {i}")
+    db.call(migrations.migrate)
+    db.call(vectors.ensure, "test-model", 8)
+    assert db.call(messages.count, 1) == 3
+    db.call(messages.append, 1, "user", "user", "new", search_text="new", embedding=vec(1))
+    db.call(passages.insert, 1, "a passage", vec(1))
+    assert db.call(messages.count, 1) == 4 and db.call(passages.count, 1) == 1
+    assert db.call(lambda c: c.execute("SELECT count(*) FROM messages").fetchone()[0]) == 4
+    db.close()

@@ -112,3 +112,66 @@ async def test_unreachable_endpoint(fake_server, runtime_for):
     runtime = await runtime_for(fake, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
     turn = await runtime.handle(Incoming("terminal", "hal", "hi"))
     assert turn.failed and "can't reach the language model" in turn.replies[0]
+
+
+async def test_one_agent_at_a_time_but_agents_in_parallel(fake_server, runtime_for):
+    import asyncio
+
+    def slow(request: dict[str, Any]) -> Answer:
+        answer = say("done")
+        answer.delay = 0.3
+        return answer
+
+    fake = fake_server(slow)
+    runtime = await runtime_for(fake)
+    same = [runtime.handle(Incoming("terminal", "same", f"m{i}")) for i in range(3)]
+    await asyncio.gather(*same)
+    assert fake.max_in_flight == 1
+    agent = await runtime.agent_for("terminal", "same")
+    stored = [m.content for m in await runtime.db.run(messages.in_context, agent.id) if m.role == "user"]
+    assert stored == ["m0", "m1", "m2"]
+    await asyncio.gather(*(runtime.handle(Incoming("terminal", f"user{i}", "hi")) for i in range(3)))
+    assert fake.max_in_flight == 3
+
+
+async def test_tool_call_left_unanswered_by_a_crash_is_repaired_on_the_wire(fake_server, runtime_for):
+    fake = fake_server()
+    runtime = await runtime_for(fake)
+    agent = await runtime.agent_for("terminal", "ned")
+    crashed_call = [
+        {
+            "id": "call_lost",
+            "type": "function",
+            "function": {"name": "archival_memory_insert", "arguments": "{}"},
+        }
+    ]
+    await runtime.db.run(
+        messages.append, agent.id, "user", "user", "before the crash", search_text="before the crash"
+    )
+    await runtime.db.run(
+        messages.append,
+        agent.id,
+        "assistant",
+        "assistant",
+        "",
+        tool_calls=__import__("json").dumps(crashed_call),
+    )
+    await runtime.handle(Incoming("terminal", "ned", "after the restart"))
+    wire = fake.requests[-1]["messages"]
+    index = next(i for i, m in enumerate(wire) if m.get("tool_calls"))
+    assert wire[index + 1]["role"] == "tool" and wire[index + 1]["tool_call_id"] == "call_lost"
+    assert "Interrupted" in wire[index + 1]["content"]
+
+
+async def test_no_secret_or_message_text_in_logs_by_default(fake_server, runtime_for, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    fake = fake_server()
+    runtime = await runtime_for(fake, OPENAI_API_KEY="sk-verysecretvalue123456789")
+    await runtime.handle(Incoming("terminal", "oli", "my private diary entry xyzzy"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "verysecretvalue" not in text
+    assert "xyzzy" not in "\n".join(
+        r.getMessage() for r in caplog.records if r.name.startswith(("bot", "storage"))
+    )
