@@ -822,6 +822,12 @@ def main(argv: list[str] | None = None) -> None:
         ("bm25 porter, no stopwords removed", lambda c, q: B(c, q, stop=frozenset())),
         ("bm25 porter, + question-filler stopwords", lambda c, q: B(c, q, stop=stop2)),
         ("bm25 porter +smooth0.5", lambda c, q: smooth(c, B(c, q))),
+        (
+            "bm25 porter +smooth(.5,.35,.2) +speaker +date (no embedder)",
+            lambda c, q: date_boost(
+                c, q.text, speaker_boost(c, q.text, smooth(c, B(c, q), SMOOTH), SPEAKER_BETA), DATE_GAMMA
+            ),
+        ),
     ]
     for emb in embedders:
         methods += bench.methods(emb)

@@ -4,6 +4,7 @@
     python bench/turn_overhead.py --full          # 50,000 messages + 20,000 passages
     python bench/turn_overhead.py --json out.json
 
+History is synthetic text with a Zipf word distribution over a 5,000-word vocabulary.
 Every 4th turn the model chains conversation_search and archival_memory_search before replying,
 so retrieval is in the figures. Overhead = turn wall time - time spent waiting on the LLM call.
 Prints p50/p95/p99 in ms; not a test.
@@ -32,14 +33,22 @@ from bot.settings import load_settings  # noqa: E402
 from storage import messages, passages  # noqa: E402
 from tests.fake_openai import Answer, FakeOpenAI, call, last_message, say  # noqa: E402
 
-WORDS = (
-    "garden dog trip Lisbon birthday sister concert guitar marathon recipe soup bike office meeting "
-    "book film rain holiday train coffee mountain swim project deadline doctor piano cat paint"
-).split()
+SYLLABLES = "ka lo mi nu pe ra si to vu ze ba do fi gu he ja ko li mo na".split()
+TOPICS = "garden dog trip Lisbon birthday sister concert guitar marathon recipe soup bike office".split()
+
+
+def vocabulary(size: int = 5000) -> list[str]:
+    rng = random.Random(3)
+    return [rng.choice(SYLLABLES) + rng.choice(SYLLABLES) + rng.choice(SYLLABLES) for _ in range(size)]
+
+
+VOCABULARY = vocabulary()
+WEIGHTS = [1.0 / (rank + 1) for rank in range(len(VOCABULARY))]  # Zipf, like real text
 
 
 def sentence(rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 18)))
+    words = rng.choices(VOCABULARY, weights=WEIGHTS, k=rng.randint(6, 18))
+    return " ".join([*words, rng.choice(TOPICS)])
 
 
 def model(request: dict[str, Any]) -> Answer:

@@ -152,10 +152,7 @@ class Agent:
     async def handle(self, kind: str, text: str) -> Turn:
         """Store the event, then step until the agent is done. Never raises for a model failure."""
         started = time.perf_counter()
-        role_kind = "user" if kind == "user" else kind
-        event = await self.memory.add_message(
-            "user", role_kind, text, search_text=text if kind == "user" else ""
-        )
+        event = await self.memory.add_message("user", kind, text, search_text=text if kind == "user" else "")
         turn = Turn()
         ctx = ToolContext(memory=self.memory, turn_start_id=event.id)
         try:

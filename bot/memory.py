@@ -16,6 +16,7 @@ from bot.tokens import truncate
 from storage import agents, blocks, messages, passages
 from storage.agents import Agent
 from storage.blocks import Block
+from storage.clock import to_iso
 from storage.db import Connection, Database
 from storage.messages import Message
 from storage.passages import Passage
@@ -94,15 +95,13 @@ class AgentMemory:
         return await self.db.run(messages.in_context, self.agent_id)
 
     async def search_messages(self, query: str, limit: int, before_id: int | None = None) -> list[Message]:
-        vector = await self._vector(query)
+        vector = await self._vector(retrieval.dense_query(query))
         ids = await self.db.run(retrieval.rank_messages, self.agent_id, query, vector, limit, before_id)
         return await self.db.run(messages.get_many, self.agent_id, ids)
 
     async def messages_between(
         self, start: datetime, end: datetime, limit: int, offset: int
     ) -> tuple[list[Message], int]:
-        from storage.clock import to_iso
-
         return await self.db.run(
             messages.searchable_between, self.agent_id, to_iso(start), to_iso(end), limit, offset
         )
@@ -113,7 +112,7 @@ class AgentMemory:
         return await self.db.run(passages.insert, self.agent_id, content, vector, source)
 
     async def search_passages(self, query: str, limit: int) -> list[Passage]:
-        vector = await self._vector(query)
+        vector = await self._vector(retrieval.dense_query(query))
         ids = await self.db.run(retrieval.rank_passages, self.agent_id, query, vector, limit)
         return await self.db.run(passages.get_many, self.agent_id, ids)
 

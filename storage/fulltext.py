@@ -24,6 +24,8 @@ def words(text: str) -> list[str]:
     seen: dict[str, None] = {}
     for match in WORD.finditer(text.lower()):
         word = match.group().strip("'")
+        if word.endswith("'s"):
+            word = word[:-2]
         if word and word not in STOPWORDS:
             seen.setdefault(word, None)
     return list(seen)
