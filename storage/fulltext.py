@@ -1,8 +1,10 @@
-"""Turning free text into an FTS5 query: words quoted and OR-ed, common words left out."""
+"""Full-text search: free text into an FTS5 query (words quoted and OR-ed, common words left out),
+and the BM25 query over an agent's rows of a table with an FTS5 index named `<table>_fts`."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 WORD = re.compile(r"[\w']+", re.UNICODE)
 
@@ -37,3 +39,20 @@ def match_query(text: str) -> str | None:
     if not terms:
         return None
     return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms[:64])
+
+
+def bm25_matches(conn: Any, table: str, agent_id: int, query: str, limit: int) -> list[tuple[int, float]]:
+    """(id, bm25 score) of this agent's rows of `table` matching words of `query`, best first.
+
+    `table` is one of our own table names, never user input.
+    """
+    expression = match_query(query)
+    if expression is None:
+        return []
+    rows = conn.execute(
+        f"SELECT t.id, bm25({table}_fts) AS score FROM {table}_fts "
+        f"JOIN {table} AS t ON t.id = {table}_fts.rowid "
+        f"WHERE {table}_fts MATCH ? AND t.agent_id = ? ORDER BY score LIMIT ?",
+        (expression, agent_id, limit),
+    )
+    return [(int(i), float(score)) for i, score in rows]

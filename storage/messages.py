@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from storage import vectors
 from storage.clock import now_iso
 from storage.db import Connection
-from storage.fulltext import match_query
+from storage.fulltext import bm25_matches
 
 COLUMNS = "id, role, kind, content, tool_calls, tool_call_id, tool_name, search_text, created_at, in_context"
 
@@ -123,16 +123,7 @@ def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Message]:
 
 def text_matches(conn: Connection, agent_id: int, query: str, limit: int) -> list[tuple[int, float]]:
     """Searchable messages of this agent matching words of `query`, best BM25 first: (id, score)."""
-    expression = match_query(query)
-    if expression is None:
-        return []
-    rows = conn.execute(
-        "SELECT m.id, bm25(messages_fts) AS score FROM messages_fts "
-        "JOIN messages AS m ON m.id = messages_fts.rowid "
-        "WHERE messages_fts MATCH ? AND m.agent_id = ? ORDER BY score LIMIT ?",
-        (expression, agent_id, limit),
-    )
-    return [(int(i), float(score)) for i, score in rows]
+    return bm25_matches(conn, "messages", agent_id, query, limit)
 
 
 def nearest(conn: Connection, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:

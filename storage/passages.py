@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from storage import agents, vectors
 from storage.clock import now_iso
 from storage.db import Connection
-from storage.fulltext import match_query
+from storage.fulltext import bm25_matches
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,8 @@ def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Passage]:
 
 
 def text_matches(conn: Connection, agent_id: int, query: str, limit: int) -> list[tuple[int, float]]:
-    expression = match_query(query)
-    if expression is None:
-        return []
-    rows = conn.execute(
-        "SELECT p.id, bm25(passages_fts) AS score FROM passages_fts "
-        "JOIN passages AS p ON p.id = passages_fts.rowid "
-        "WHERE passages_fts MATCH ? AND p.agent_id = ? ORDER BY score LIMIT ?",
-        (expression, agent_id, limit),
-    )
-    return [(int(i), float(score)) for i, score in rows]
+    """Passages of this agent matching words of `query`, best BM25 first: (id, score)."""
+    return bm25_matches(conn, "passages", agent_id, query, limit)
 
 
 def nearest(conn: Connection, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
