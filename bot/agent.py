@@ -23,6 +23,7 @@ from bot.pressure import Budget, flush
 from bot.prompt import render_queue, system_message
 from bot.tokens import PER_REQUEST, count_message
 from bot.tools import Registry, ToolContext
+from storage.messages import Message
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +65,28 @@ class Agent:
         self.max_steps = max_steps
         self.log_content = log_content
 
-    async def context(self) -> tuple[list[dict[str, Any]], int]:
-        """The main context for the next call, and its size in tokens (tool schemas included)."""
+    async def context(self) -> tuple[list[dict[str, Any]], int, list[Message]]:
+        """The main context for the next call, its size in tokens (tool schemas included), and the
+        stored queue it was rendered from."""
         agent, blocks, stats, queue = await self.memory.snapshot()
         system = system_message(agent, blocks, stats, datetime.now(UTC))
         rendered = render_queue(queue, agent, self.budget.per_message)
         size = PER_REQUEST + count_message(system) + sum(n for _, n in rendered) + self.tools.schema_tokens
-        return [system, *(entry for entry, _ in rendered)], size
+        return [system, *(entry for entry, _ in rendered)], size, queue
 
     async def _fit(self, turn: Turn, harder: bool = False) -> tuple[list[dict[str, Any]], int]:
         """Compile the context, warning or evicting so that it fits the budget."""
-        messages, size = await self.context()
+        messages, size, queue = await self.context()
         if harder or size > self.budget.limit:
             keep = 0.2 if harder else min(0.5, 0.5 * self.budget.limit / size)
-            flushed = await flush(self.llm, self.memory, await self.memory.queue(), self.budget, keep)
+            flushed = await flush(self.llm, self.memory, queue, self.budget, keep)
             turn.llm_seconds += flushed.llm_seconds
-            messages, size = await self.context()
+            messages, size, _ = await self.context()
         elif size > self.budget.warn_at and not self.memory.agent.pressure_warned:
             percent = round(100 * size / self.budget.window)
             await self.memory.add_message("user", "warning", PRESSURE_WARNING.format(percent=percent))
             await self.memory.set_pressure_warned(True)
-            messages, size = await self.context()
+            messages, size, _ = await self.context()
         if size > self.budget.limit:
             log.warning(
                 "agent %s: context %d tokens still over %d after flush",

@@ -31,6 +31,13 @@ class Stats:
     memory_updated_at: str | None
 
 
+def _stats(conn: Connection, agent_id: int) -> tuple[Agent, Stats]:
+    agent = agents.get(conn, agent_id)
+    return agent, Stats(
+        messages.count(conn, agent_id), passages.count(conn, agent_id), agent.memory_updated_at
+    )
+
+
 class AgentMemory:
     def __init__(self, db: Database, embedder: Embedder, agent: Agent) -> None:
         self.db = db
@@ -120,12 +127,7 @@ class AgentMemory:
         """Everything the main context needs, read in one transaction."""
 
         def read(conn: Connection) -> tuple[Agent, list[Block], Stats, list[Message]]:
-            agent = agents.get(conn, self.agent_id)
-            stats = Stats(
-                messages.count(conn, self.agent_id),
-                passages.count(conn, self.agent_id),
-                agent.memory_updated_at,
-            )
+            agent, stats = _stats(conn, self.agent_id)
             return (
                 agent,
                 blocks.list_for(conn, self.agent_id),
@@ -138,15 +140,8 @@ class AgentMemory:
 
     # statistics, summary, eviction
     async def stats(self) -> Stats:
-        def read(conn: Connection) -> Stats:
-            agent = agents.get(conn, self.agent_id)
-            return Stats(
-                messages.count(conn, self.agent_id),
-                passages.count(conn, self.agent_id),
-                agent.memory_updated_at,
-            )
-
-        return await self.db.run(read)
+        self.agent, stats = await self.db.run(_stats, self.agent_id)
+        return stats
 
     async def evict(self, through_id: int, summary: str, covers: int) -> int:
         def apply(conn: Connection) -> int:

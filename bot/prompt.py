@@ -75,8 +75,12 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+def _local(created_at: str, timezone: str) -> str:
+    return _fmt(from_iso(created_at).astimezone(_zone(timezone)))
+
+
 def stamp(message: Message, agent: Agent) -> str:
-    return _fmt(from_iso(message.created_at).astimezone(_zone(agent.timezone)))
+    return _local(message.created_at, agent.timezone)
 
 
 Rendered = tuple[dict[str, Any], int]
@@ -87,7 +91,7 @@ INTERRUPTED = json.dumps({"status": "Failed", "message": "Interrupted before it 
 def render_message(message: Message, timezone: str, max_tokens: int) -> Rendered:
     """One stored message in wire format, with its token count (messages never change: cached)."""
     content = _clip(message.content, max_tokens)
-    when = _fmt(from_iso(message.created_at).astimezone(_zone(timezone)))
+    when = _local(message.created_at, timezone)
     entry: dict[str, Any]
     if message.role == "tool":
         entry = {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}

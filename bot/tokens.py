@@ -1,7 +1,7 @@
 """Token counting that works offline: OpenAI's o200k_base encoding, shipped with membot.
 
 `bot/data/o200k_base.tiktoken` is the encoding file tiktoken would download (MIT licence, as
-tiktoken); its sha256 is checked on load. Requests are counted the way OpenAI bills chat
+tiktoken); its sha256 is checked on load. Messages are counted the way OpenAI bills chat
 completions: a few tokens of framing per message plus the text of every field, and the tool
 schemas as JSON. Other model families tokenise differently; `Budget` keeps a margin for that.
 """
@@ -65,10 +65,6 @@ def count_message(message: dict[str, Any]) -> int:
 
 def count_tools(tools: Iterable[dict[str, Any]]) -> int:
     return sum(count_text(json.dumps(tool)) for tool in tools)
-
-
-def count_request(messages: Iterable[dict[str, Any]], tools: Iterable[dict[str, Any]] = ()) -> int:
-    return PER_REQUEST + sum(count_message(m) for m in messages) + count_tools(tools)
 
 
 def truncate(text: str, max_tokens: int) -> str:

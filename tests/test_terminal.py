@@ -40,23 +40,23 @@ def script(request: dict[str, Any]) -> Answer:
     return say("hello!")
 
 
-def membot(fake: FakeOpenAI, home: Path, lines: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "OPENAI_BASE_URL": fake.url,
-        "OPENAI_API_KEY": "test-key",
-        "MEMBOT_DB": str(home / "membot.db"),
-        "MEMBOT_LLM_RETRIES": "0",
-    }
+def run_cli(home: Path, stdin: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`membot ARGS` in a fresh process with only these settings in its environment."""
     return subprocess.run(
         [sys.executable, "-m", "adapters.cli", *args],
-        input="".join(line + "\n" for line in lines),
+        input=stdin,
         capture_output=True,
         text=True,
-        env=env,
+        env={"PATH": os.environ["PATH"], "HOME": str(home), "MEMBOT_DB": str(home / "membot.db"), **env},
         cwd=home,
         timeout=120,
+    )
+
+
+def membot(fake: FakeOpenAI, home: Path, lines: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    stdin = "".join(line + "\n" for line in lines)
+    return run_cli(
+        home, stdin, *args, OPENAI_BASE_URL=fake.url, OPENAI_API_KEY="test-key", MEMBOT_LLM_RETRIES="0"
     )
 
 
@@ -86,37 +86,21 @@ def test_memory_survives_a_restart_and_stays_with_its_user(tmp_path: Path):
 
 
 def test_missing_api_key_is_one_line_naming_the_setting(tmp_path: Path):
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MEMBOT_DB": str(tmp_path / "x.db")}
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "chat", "--user", "x"],
-        input="hi\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    result = run_cli(tmp_path, "hi\n", "chat", "--user", "x")
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "OPENAI_API_KEY" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unreachable_endpoint_keeps_chatting_and_logs_what_to_check(tmp_path: Path):
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "MEMBOT_DB": str(tmp_path / "x.db"),
-        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
-        "MEMBOT_LLM_RETRIES": "0",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "chat", "--user", "x"],
-        input="hi\nstill there?\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
+    result = run_cli(
+        tmp_path,
+        "hi\nstill there?\n",
+        "chat",
+        "--user",
+        "x",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+        MEMBOT_LLM_RETRIES="0",
     )
     assert result.returncode == 0
     assert result.stdout.count("can't reach the language model") == 2
