@@ -8,6 +8,7 @@ import getpass
 import logging
 import sys
 
+from adapters import evaluate
 from bot.errors import ConfigError, MembotError
 from bot.settings import Settings, load_settings
 from storage.errors import StorageError
@@ -25,8 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("discord", help="run the Discord bot")
     commands.add_parser("slack", help="run the Slack bot")
     commands.add_parser("run", help="run every platform that has a token set")
-    evaluate = commands.add_parser("eval", help="measure memory recall (see README)")
-    evaluate.add_argument("args", nargs=argparse.REMAINDER)
+    evaluate.add_parser(commands)
     commands.add_parser("reembed", help="re-embed all memory with MEMBOT_EMBEDDER")
     return parser
 
@@ -66,12 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "chat"
     try:
         settings = load_settings(dotenv_path=args.env_file)
-        _logging(settings, quiet=command == "chat" and not getattr(args, "verbose", False))
+        _logging(settings, quiet=command in ("chat", "eval") and not getattr(args, "verbose", False))
         if command == "chat":
             user = getattr(args, "user", None) or getpass.getuser()
             return asyncio.run(_chat(settings, user, getattr(args, "verbose", False)))
         if command == "reembed":
             return asyncio.run(_reembed(settings))
+        if command == "eval":
+            return asyncio.run(evaluate.run(settings, args))
         print(f"membot {command}: not available in this version yet; use `membot chat`.", file=sys.stderr)
         return 2
     except (ConfigError, StorageError, MembotError) as exc:

@@ -6,11 +6,12 @@ that id, and storage scopes every read by it. Embedding happens here, off the ev
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from bot import retrieval
+from bot import dates, retrieval
 from bot.embedding import Embedder, to_blob
 from bot.tokens import truncate
 from storage import agents, blocks, messages, passages
@@ -22,6 +23,17 @@ from storage.messages import Message
 from storage.passages import Passage
 
 EMBED_MAX_TOKENS = 2000
+ASSISTANT_NAME = "membot"
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A past message to import into recall memory: who said what, when."""
+
+    role: str  # "user" or "assistant"
+    speaker: str
+    text: str
+    at: datetime  # naive means in the agent's time zone
 
 
 @dataclass(frozen=True)
@@ -38,12 +50,24 @@ def _stats(conn: Connection, agent_id: int) -> tuple[Agent, Stats]:
     )
 
 
+def named(text: str, names: list[str]) -> frozenset[str]:
+    """The names in `names` that `text` mentions (whole name or first name, any case)."""
+    found = set()
+    for name in names:
+        forms = {name, name.split()[0]} if name.strip() else set()
+        for form in forms:
+            if len(form) >= 2 and re.search(rf"(?<!\w){re.escape(form)}(?!\w)", text, re.IGNORECASE):
+                found.add(name)
+    return frozenset(found)
+
+
 class AgentMemory:
     def __init__(self, db: Database, embedder: Embedder, agent: Agent) -> None:
         self.db = db
         self.embedder = embedder
         self.agent_id = agent.id
         self.agent = agent
+        self._speakers: list[str] | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -82,8 +106,13 @@ class AgentMemory:
         tool_name: str | None = None,
         search_text: str = "",
         in_context: bool = True,
+        speaker: str | None = None,
     ) -> Message:
+        """Store a message (and its embedding, if it is searchable). The speaker defaults to the
+        user's display name for user messages and the bot's name for its own."""
         vector = await self._vector(search_text) if search_text else None
+        if speaker is None:
+            speaker = self.speaker_for(role) if search_text else ""
         return await self.db.run(
             messages.append,
             self.agent_id,
@@ -96,14 +125,55 @@ class AgentMemory:
             search_text=search_text,
             embedding=vector,
             in_context=in_context,
+            speaker=speaker,
         )
+
+    def speaker_for(self, role: str) -> str:
+        if role == "assistant":
+            return ASSISTANT_NAME
+        return self.agent.display_name or "user" if role == "user" else ""
+
+    async def import_messages(self, items: list[Imported]) -> list[Message]:
+        """Store past messages in recall memory (not in context) in one transaction, embedded in one batch."""
+        vectors = await self.embedder.embed([truncate(item.text, EMBED_MAX_TOKENS) for item in items])
+
+        def store(conn: Connection) -> list[Message]:
+            return [
+                messages.append(
+                    conn,
+                    self.agent_id,
+                    item.role,
+                    item.role,
+                    item.text,
+                    search_text=item.text,
+                    embedding=to_blob(vector),
+                    created_at=to_iso(item.at if item.at.tzinfo else item.at.replace(tzinfo=self.zone)),
+                    in_context=False,
+                    speaker=item.speaker,
+                )
+                for item, vector in zip(items, vectors, strict=True)
+            ]
+
+        stored = await self.db.run(store)
+        self._speakers = None
+        return stored
 
     async def queue(self) -> list[Message]:
         return await self.db.run(messages.in_context, self.agent_id)
 
     async def search_messages(self, query: str, limit: int, before_id: int | None = None) -> list[Message]:
-        vector = await self._vector(retrieval.dense_query(query))
-        ids = await self.db.run(retrieval.rank_messages, self.agent_id, query, vector, limit, before_id)
+        """Messages best matching `query`, best first (see `bot.retrieval`)."""
+        if self._speakers is None:
+            self._speakers = await self.db.run(messages.speakers, self.agent_id)
+        vector = await self._vector(retrieval.dense_query(query, self._speakers))
+        search = retrieval.Query(
+            text=query,
+            vector=vector,
+            speakers=named(query, self._speakers),
+            windows=dates.windows(query, self.local(datetime.now(UTC)).date()),
+            zone=self.zone,
+        )
+        ids = await self.db.run(retrieval.rank_messages, self.agent_id, search, limit, before_id)
         return await self.db.run(messages.get_many, self.agent_id, ids)
 
     async def messages_between(

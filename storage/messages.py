@@ -4,7 +4,8 @@ Table `messages`: id (order), agent_id, role (system/user/assistant/tool, the wi
 (user, event, assistant, tool, summary, warning, notice), content, tool_calls (JSON, wire format),
 tool_call_id, tool_name, search_text (what text search and embeddings index: user words and what the
 agent said), in_context (1 while the message is in the agent's FIFO queue; eviction sets 0),
-created_at (UTC ISO). `messages_fts` indexes search_text; `messages_vec` holds its embedding.
+created_at (UTC ISO), speaker (who said it, a name), turn (1, 2, 3... over the agent's searchable
+messages, NULL for the rest: the order search uses to look at a hit's neighbours). `messages_fts` indexes search_text; `messages_vec` holds its embedding.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from storage.clock import now_iso
 from storage.db import Connection
 from storage.fulltext import bm25_matches
 
-COLUMNS = "id, role, kind, content, tool_calls, tool_call_id, tool_name, search_text, created_at, in_context"
+COLUMNS = (
+    "id, role, kind, content, tool_calls, tool_call_id, tool_name, search_text, created_at, in_context, "
+    "speaker, turn"
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,18 @@ class Message:
     search_text: str
     created_at: str
     in_context: bool
+    speaker: str = ""
+    turn: int | None = None
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a searchable message sits: its turn number, speaker and time (for ranking)."""
+
+    id: int
+    turn: int
+    speaker: str
+    created_at: str
 
 
 def _row(row: tuple[object, ...]) -> Message:
@@ -53,10 +69,15 @@ def append(
     embedding: bytes | None = None,
     created_at: str | None = None,
     in_context: bool = True,
+    speaker: str = "",
 ) -> Message:
+    turn = None
+    if search_text:
+        last = conn.execute("SELECT max(turn) FROM messages WHERE agent_id = ?", (agent_id,)).fetchone()[0]
+        turn = (last or 0) + 1
     cursor = conn.execute(
         "INSERT INTO messages (agent_id, role, kind, content, tool_calls, tool_call_id, tool_name, "
-        "search_text, in_context, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "search_text, in_context, created_at, speaker, turn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             agent_id,
             role,
@@ -68,6 +89,8 @@ def append(
             search_text,
             int(in_context),
             created_at or now_iso(),
+            speaker,
+            turn,
         ),
     )
     message_id = int(cursor.lastrowid)
@@ -128,6 +151,36 @@ def text_matches(conn: Connection, agent_id: int, query: str, limit: int) -> lis
 
 def nearest(conn: Connection, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
     return vectors.nearest(conn, "messages_vec", agent_id, vector, k)
+
+
+def speakers(conn: Connection, agent_id: int) -> list[str]:
+    """The names of everyone who has spoken in this agent's messages."""
+    rows = conn.execute("SELECT name FROM speakers WHERE agent_id = ? ORDER BY name", (agent_id,))
+    return [str(name) for (name,) in rows]
+
+
+def positions(conn: Connection, agent_id: int, ids: list[int]) -> list[Position]:
+    """Turn, speaker and time of these searchable messages of this agent (others' ids are ignored)."""
+    return _positions(conn, agent_id, "id", ids)
+
+
+def at_turns(conn: Connection, agent_id: int, turns: list[int]) -> list[Position]:
+    """The searchable messages of this agent with these turn numbers."""
+    return _positions(conn, agent_id, "turn", turns)
+
+
+def _positions(conn: Connection, agent_id: int, column: str, keys: list[int]) -> list[Position]:
+    found: list[Position] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT id, turn, speaker, created_at FROM messages "
+            f"WHERE agent_id = ? AND turn IS NOT NULL AND {column} IN ({marks})",
+            (agent_id, *chunk),
+        )
+        found.extend(Position(int(i), int(t), str(s), str(c)) for i, t, s, c in rows)
+    return found
 
 
 def searchable_between(

@@ -167,9 +167,38 @@ def m003_counters(conn: Connection) -> None:
     )
 
 
+def m004_turns(conn: Connection) -> None:
+    """Who said each message and its place among the agent's searchable messages (for ranking).
+
+    `speaker`: the speaker's name. `turn`: 1, 2, 3... over this agent's searchable messages (NULL
+    for the others), so a search can look at the messages around a hit with one indexed read.
+    `speakers(agent_id, name)`: the distinct names, kept by a trigger.
+    """
+    _execute_all(
+        conn,
+        """
+        ALTER TABLE messages ADD COLUMN speaker TEXT NOT NULL DEFAULT '';
+        ALTER TABLE messages ADD COLUMN turn INTEGER;
+        UPDATE messages SET turn = ranked.n FROM (
+            SELECT id, row_number() OVER (PARTITION BY agent_id ORDER BY id) AS n
+            FROM messages WHERE search_text != ''
+        ) AS ranked WHERE messages.id = ranked.id;
+        CREATE INDEX messages_by_turn ON messages (agent_id, turn);
+        CREATE TABLE speakers (
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            PRIMARY KEY (agent_id, name)
+        ) WITHOUT ROWID;
+        CREATE TRIGGER speakers_insert AFTER INSERT ON messages WHEN new.speaker != '' BEGIN
+            INSERT OR IGNORE INTO speakers (agent_id, name) VALUES (new.agent_id, new.speaker);
+        END;
+        """,
+    )
+
+
 Migration = Callable[[Connection], None]
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_full_text, m003_counters]
+MIGRATIONS: list[Migration] = [m001_initial, m002_full_text, m003_counters, m004_turns]
 
 
 def applied(conn: Connection) -> list[str]:

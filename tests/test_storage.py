@@ -169,7 +169,13 @@ def test_counters_match_the_rows_after_migrating_an_older_file(tmp_path: Path):
         )
     )
     for i in range(3):
-        db.call(messages.append, 1, "user", "user", f"old {i}", search_text=f"old {i}")
+        db.call(
+            lambda c, i=i: c.execute(
+                "INSERT INTO messages (agent_id, role, kind, content, search_text, created_at) "
+                "VALUES (1, 'user', 'user', ?, ?, '2024-01-01T00:00:00.000000Z')",
+                (f"old {i}", f"old {i}"),
+            )
+        )
     db.call(migrations.migrate)
     db.call(vectors.ensure, "test-model", 8)
     assert db.call(messages.count, 1) == 3
