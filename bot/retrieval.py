@@ -7,7 +7,8 @@ fusion by 1-13 points of recall@10.
 
 Recall search (messages) then uses what a conversation is made of:
 - neighbours: a hit lends part of its score to the messages around it in the same conversation
-  (±3 turns, weights .5/.35/.2, the better side counts), because an answer is often the reply to,
+  (±3 turns, weights .3/.2/.1, the better side counts; text search also indexes
+  each message with its neighbours' words, see storage.messages), because an answer is often the reply to,
   or the message before, the one that shares the query's words;
 - speakers: messages said by someone the query names get +0.3;
 - dates: messages from days the query names ("in May 2023", "last week") get +0.2.
@@ -19,20 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from bot.dates import Window
 from storage import messages, passages
 from storage.clock import from_iso
 from storage.db import Connection
 from storage.fulltext import words
-from storage.messages import Position
+from storage.messages import CONVERSATION_GAP, Position
 
 CANDIDATES = 100
 DENSE_WEIGHT = 1.0
-TEXT_FLOOR: float | None = 0.0
-NEIGHBOUR_WEIGHTS = (0.5, 0.35, 0.2)  # for the messages 1, 2 and 3 turns away
-SESSION_GAP = timedelta(hours=2)  # a longer silence starts a new conversation
+NEIGHBOUR_WEIGHTS = (0.3, 0.2, 0.1)  # for the messages 1, 2 and 3 turns away
 SPEAKER_BOOST = 0.3
 DATE_BOOST = 0.2
 
@@ -71,10 +70,19 @@ def _scaled(scores: dict[int, float], floor: float | None = None) -> dict[int, f
 
 
 def fused(
-    text_scores: dict[int, float], dense_scores: dict[int, float], dense_weight: float = DENSE_WEIGHT
+    text_scores: dict[int, float],
+    dense_scores: dict[int, float],
+    complete: bool = False,
+    dense_weight: float = DENSE_WEIGHT,
 ) -> dict[int, float]:
-    """Min-max scaled text score + weighted scaled dense score, per id (higher is better)."""
-    text, dense = _scaled(text_scores, TEXT_FLOOR), _scaled(dense_scores)
+    """Scaled text score + weighted scaled dense score, per id (higher is better).
+
+    Both are min-max scaled, except that when `complete` (text search returned every row that
+    shares a word with the query, not a truncated list) text scores are scaled from 0: the weakest
+    of a few matches still matched, and min-max would count it as no match at all.
+    """
+    text = _scaled(text_scores, 0.0 if complete else None)
+    dense = _scaled(dense_scores)
     return {
         item: text.get(item, 0.0) + dense_weight * dense.get(item, 0.0) for item in text.keys() | dense.keys()
     }
@@ -94,9 +102,10 @@ def _candidates(
     nearest: Nearest,
     keep: Callable[[int], bool],
 ) -> dict[int, float]:
-    by_text = {i: -score for i, score in by_words(conn, agent_id, text, depth) if keep(i)}
+    matches = by_words(conn, agent_id, text, depth)
+    by_text = {i: -score for i, score in matches if keep(i)}
     by_meaning = {i: 1.0 - distance for i, distance in nearest(conn, agent_id, vector, depth) if keep(i)}
-    return fused(by_text, by_meaning)
+    return fused(by_text, by_meaning, complete=len(matches) < depth)
 
 
 def rank_passages(conn: Connection, agent_id: int, query: str, vector: bytes, limit: int) -> list[int]:
@@ -150,13 +159,13 @@ def rank_messages(
 
 def _conversations(times: dict[int, datetime]) -> dict[int, int]:
     """A label per turn; two turns share it when every turn between them is here and no two
-    consecutive ones are more than SESSION_GAP apart."""
+    consecutive ones are more than CONVERSATION_GAP apart."""
     labels: dict[int, int] = {}
     label = 0
     previous: tuple[int, datetime] | None = None
     for turn in sorted(times):
         when = times[turn]
-        if previous is None or turn != previous[0] + 1 or abs(when - previous[1]) > SESSION_GAP:
+        if previous is None or turn != previous[0] + 1 or abs(when - previous[1]) > CONVERSATION_GAP:
             label += 1
         labels[turn] = label
         previous = (turn, when)

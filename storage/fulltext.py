@@ -41,16 +41,19 @@ def match_query(text: str) -> str | None:
     return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms[:64])
 
 
-def bm25_matches(conn: Any, table: str, agent_id: int, query: str, limit: int) -> list[tuple[int, float]]:
+def bm25_matches(
+    conn: Any, table: str, agent_id: int, query: str, limit: int, weights: tuple[float, ...] = ()
+) -> list[tuple[int, float]]:
     """(id, bm25 score) of this agent's rows of `table` matching words of `query`, best first.
 
-    `table` is one of our own table names, never user input.
+    `table` is one of our own table names, never user input; `weights` are per-column weights.
     """
     expression = match_query(query)
     if expression is None:
         return []
+    ranking = ", ".join([f"{table}_fts", *(str(weight) for weight in weights)])
     rows = conn.execute(
-        f"SELECT t.id, bm25({table}_fts) AS score FROM {table}_fts "
+        f"SELECT t.id, bm25({ranking}) AS score FROM {table}_fts "
         f"JOIN {table} AS t ON t.id = {table}_fts.rowid "
         f"WHERE {table}_fts MATCH ? AND t.agent_id = ? ORDER BY score LIMIT ?",
         (expression, agent_id, limit),

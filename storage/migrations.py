@@ -196,9 +196,66 @@ def m004_turns(conn: Connection) -> None:
     )
 
 
+def m005_context(conn: Connection) -> None:
+    """Index each searchable message with the messages around it (`context`, weighted lower).
+
+    A reply like "it felt like therapy" shares no word with "pottery class", but the message it
+    answers does; with its neighbours' words in a second, lower-weighted column, text search finds
+    it. `context` holds the previous and next searchable message of the same conversation (no
+    silence longer than two hours in between), each cut to 2,000 characters: the values of
+    `storage.messages.CONVERSATION_GAP` and `CONTEXT_CHARS` when this migration was written.
+    """
+    gap, chars = 2 / 24, 2000
+    _execute_all(
+        conn,
+        f"""
+        ALTER TABLE messages ADD COLUMN context TEXT NOT NULL DEFAULT '';
+        UPDATE messages SET context = around.text FROM (
+            SELECT id, trim(
+                CASE WHEN julianday(created_at) - julianday(previous_at) <= {gap}
+                     THEN substr(previous_text, 1, {chars}) ELSE '' END
+                || char(10) ||
+                CASE WHEN julianday(next_at) - julianday(created_at) <= {gap}
+                     THEN substr(next_text, 1, {chars}) ELSE '' END,
+                char(10)
+            ) AS text
+            FROM (
+                SELECT id, created_at,
+                    lag(search_text) OVER turns AS previous_text, lag(created_at) OVER turns AS previous_at,
+                    lead(search_text) OVER turns AS next_text, lead(created_at) OVER turns AS next_at
+                FROM messages WHERE turn IS NOT NULL
+                WINDOW turns AS (PARTITION BY agent_id ORDER BY turn)
+            )
+        ) AS around WHERE messages.id = around.id;
+        DROP TRIGGER messages_fts_insert;
+        DROP TRIGGER messages_fts_delete;
+        DROP TRIGGER messages_fts_update;
+        DROP TABLE messages_fts;
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            search_text, context, content='messages', content_rowid='id', tokenize='porter unicode61'
+        );
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, search_text, context)
+            VALUES (new.id, new.search_text, new.context);
+        END;
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, search_text, context)
+            VALUES ('delete', old.id, old.search_text, old.context);
+        END;
+        CREATE TRIGGER messages_fts_update AFTER UPDATE OF search_text, context ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, search_text, context)
+            VALUES ('delete', old.id, old.search_text, old.context);
+            INSERT INTO messages_fts (rowid, search_text, context)
+            VALUES (new.id, new.search_text, new.context);
+        END;
+        INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+        """,
+    )
+
+
 Migration = Callable[[Connection], None]
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_full_text, m003_counters, m004_turns]
+MIGRATIONS: list[Migration] = [m001_initial, m002_full_text, m003_counters, m004_turns, m005_context]
 
 
 def applied(conn: Connection) -> list[str]:

@@ -101,7 +101,7 @@ async def test_search_never_returns_the_current_turn_or_another_agent(tmp_path: 
     memory.db.close()
 
 
-def test_migration_numbers_old_messages_and_records_speakers(tmp_path: Path):
+def test_migrations_number_old_messages_index_their_neighbours_and_record_speakers(tmp_path: Path):
     db = Database(tmp_path / "old.db")
     db.call(migrations.migrate, 3)
 
@@ -118,10 +118,17 @@ def test_migration_numbers_old_messages_and_records_speakers(tmp_path: Path):
             )
 
     db.call(old_rows)
-    assert db.call(migrations.migrate) == ["m004_turns"]
-    turns = db.call(lambda c: c.execute("SELECT turn FROM messages ORDER BY id").fetchall())
-    assert [t for (t,) in turns] == [1, None, 2, 3]
-    db.call(messages.append, 1, "user", "user", "new one", search_text="new one", speaker="Ana")
+    assert db.call(migrations.migrate) == ["m004_turns", "m005_context"]
+    rows = db.call(lambda c: c.execute("SELECT turn, context FROM messages ORDER BY id").fetchall())
+    assert rows == [(1, "how are you"), (None, ""), (2, "hello\nfine"), (3, "how are you")]
+    later = "2024-01-01T05:00:00.000000Z"  # hours later: a new conversation, not a neighbour
+    db.call(
+        messages.append, 1, "user", "user", "new one", search_text="new one", speaker="Ana", created_at=later
+    )
+    db.call(messages.append, 1, "user", "user", "and two", search_text="and two", created_at=later)
+    rows = db.call(lambda c: c.execute("SELECT turn, context FROM messages ORDER BY id").fetchall())
+    assert rows[3:] == [(3, "how are you"), (4, "and two"), (5, "new one")]
+    assert [i for i, _ in db.call(messages.text_matches, 1, "fine", 5)] == [4, 3]  # text, then context
     assert [p.turn for p in db.call(messages.at_turns, 1, [4])] == [4]
     assert db.call(messages.speakers, 1) == ["Ana"]
     assert db.call(messages.speakers, 2) == []

@@ -107,6 +107,7 @@ def test_every_read_is_scoped_by_agent(tmp_path: Path):
         "vault code 1234",
         search_text="vault code 1234",
         embedding=vec(1, 0),
+        speaker="A",
     )
     db.call(passages.insert, b.id, "bravo likes tea", vec(0, 1))
     assert db.call(passages.text_matches, b.id, "vault code", 10) == []
@@ -117,6 +118,8 @@ def test_every_read_is_scoped_by_agent(tmp_path: Path):
     assert db.call(messages.text_matches, b.id, "vault", 10) == []
     assert db.call(messages.nearest, b.id, vec(1, 0), 10) == []
     assert db.call(messages.in_context, b.id) == []
+    assert db.call(messages.positions, b.id, [ma.id]) == [] and db.call(messages.at_turns, b.id, [1]) == []
+    assert db.call(messages.speakers, b.id) == []
     assert db.call(passages.count, b.id) == 1 and db.call(messages.count, b.id) == 0
     db.close()
 
