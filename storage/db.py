@@ -3,6 +3,8 @@
 SQLite serialises writers anyway, so every statement for one database goes through a single
 thread: the event loop never blocks on disk, and no two coroutines interleave inside one
 transaction. `Database.run(fn, *args)` runs `fn(conn, *args)` there inside a transaction.
+The connection carries the database's `VectorCache` (storage/vector_cache.py), told how each
+transaction ended so a rollback leaves no vectors behind in memory.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from storage.errors import StorageError
+from storage.vector_cache import MAX_BYTES, VectorCache
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +73,25 @@ def _load_vec(conn: Connection) -> None:
         ) from exc
 
 
-def connect(path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Connection:
+@cache
+def _connection_class(module: ModuleType) -> type:
+    """The driver's Connection with a `vector_cache` slot (None: every query goes to sqlite-vec)."""
+    return type("MembotConnection", (module.Connection,), {"vector_cache": None})
+
+
+def connect(
+    path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS, vector_cache: VectorCache | None = None
+) -> Connection:
     """Open the database file with sqlite-vec loaded, WAL, foreign keys and a busy timeout."""
     module = driver()
     target = str(path)
     if target != ":memory:":
         Path(target).parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = module.connect(target, isolation_level=None, check_same_thread=False)
+        conn = module.connect(
+            target, isolation_level=None, check_same_thread=False, factory=_connection_class(module)
+        )
+        conn.vector_cache = vector_cache
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -104,18 +119,23 @@ def describe_error(exc: BaseException, path: str) -> str:
 
 
 class Database:
-    """One SQLite file served by one worker thread."""
+    """One SQLite file served by one worker thread, with its own vector cache (0 bytes: none)."""
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(
+        self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS, vector_cache_bytes: int = MAX_BYTES
+    ) -> None:
         self.path = str(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.vector_cache = VectorCache(vector_cache_bytes) if vector_cache_bytes > 0 else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="membot-db")
         self._conn: Connection | None = None
         self._lock = threading.Lock()
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = connect(self.path, self.busy_timeout_ms)
+            if self.vector_cache is not None:
+                self.vector_cache.clear()  # data_version is counted per connection
+            self._conn = connect(self.path, self.busy_timeout_ms, self.vector_cache)
         return self._conn
 
     def call(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -123,6 +143,7 @@ class Database:
         with self._lock:
             conn = self._connection()
             started = time.perf_counter()
+            committed = False
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -131,12 +152,16 @@ class Database:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+                committed = True
             except StorageError:
                 raise
             except Exception as exc:
                 if type(exc).__module__.split(".")[0] in {"sqlite3", "sqlean"}:
                     raise StorageError(describe_error(exc, self.path)) from exc
                 raise
+            finally:
+                if self.vector_cache is not None:
+                    self.vector_cache.finish(committed)
             elapsed = (time.perf_counter() - started) * 1000
             if elapsed > 200:
                 log.warning("slow database call %s took %.0f ms", getattr(fn, "__name__", fn), elapsed)

@@ -4,14 +4,20 @@ Tables `messages_vec` and `passages_vec`: rowid = the message or passage id, `ag
 partition key (so a KNN query only ever reads one agent's vectors), `embedding float[dim]` with
 cosine distance. `meta` keys `embedding_model` and `embedding_dim` record what produced them;
 opening with another model is refused until `membot reembed` rebuilds them.
+
+Every write to these tables goes through this module: a connection opened by `Database` carries a
+`VectorCache` (storage/vector_cache.py) that serves `nearest` for agents with many vectors, and
+`put` and `create_tables` keep it in step.
 """
 
 from __future__ import annotations
 
 from storage.db import Connection
 from storage.errors import EmbeddingMismatchError
+from storage.vector_cache import VectorCache
 
 TABLES = ("messages_vec", "passages_vec")
+COUNTERS = {"messages_vec": "message_count", "passages_vec": "passage_count"}  # columns of `agents`
 
 
 def recorded(conn: Connection) -> tuple[str, int] | None:
@@ -28,7 +34,15 @@ def _tables_exist(conn: Connection) -> bool:
     return bool(found == len(TABLES))
 
 
+def _cache(conn: Connection) -> VectorCache | None:
+    found: VectorCache | None = getattr(conn, "vector_cache", None)
+    return found
+
+
 def create_tables(conn: Connection, model: str, dim: int) -> None:
+    cache = _cache(conn)
+    if cache is not None:
+        cache.clear()
     for table in TABLES:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(
@@ -61,12 +75,39 @@ def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes) 
     conn.execute(
         f"INSERT INTO {table} (rowid, agent_id, embedding) VALUES (?, ?, ?)", (rowid, agent_id, vector)
     )
+    cache = _cache(conn)
+    if cache is not None:
+        cache.added(table, agent_id, rowid, vector)
 
 
 def nearest(conn: Connection, table: str, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
     """The `k` rows of this agent nearest to `vector`, as (rowid, cosine distance)."""
     if k <= 0:
         return []
+    cache = _cache(conn)
+    if cache is not None:
+        return cache.nearest(
+            conn,
+            (table, agent_id),
+            vector,
+            k,
+            lambda: knn(conn, table, agent_id, vector, k),
+            lambda: _most(conn, table, agent_id),
+        )
+    return knn(conn, table, agent_id, vector, k)
+
+
+def _most(conn: Connection, table: str, agent_id: int) -> int | None:
+    """At most this many vectors: the agent's message or passage counter (one row by primary key)."""
+    column = COUNTERS.get(table)
+    if column is None:
+        return None
+    row = conn.execute(f"SELECT {column} FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def knn(conn: Connection, table: str, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
+    """sqlite-vec's own KNN query (brute force over the agent's partition), bypassing the cache."""
     rows = conn.execute(
         f"SELECT rowid, distance FROM {table} WHERE embedding MATCH ? AND k = ? AND agent_id = ? "
         "ORDER BY distance",
