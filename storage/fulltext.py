@@ -46,16 +46,19 @@ def bm25_matches(
 ) -> list[tuple[int, float]]:
     """(id, bm25 score) of this agent's rows of `table` matching words of `query`, best first.
 
-    `table` is one of our own table names, never user input; `weights` are per-column weights.
+    `table` is one of our own table names, never user input; `weights` are the weights of the
+    text columns after `owner`. The MATCH names the owner token, so FTS5 only reads this agent's
+    rows; the join checks the agent id again on the rows returned.
     """
     expression = match_query(query)
     if expression is None:
         return []
-    ranking = ", ".join([f"{table}_fts", *(str(weight) for weight in weights)])
+    ranking = ", ".join([f"{table}_fts", "0.0", *(str(weight) for weight in weights)])
     rows = conn.execute(
-        f"SELECT t.id, bm25({ranking}) AS score FROM {table}_fts "
-        f"JOIN {table} AS t ON t.id = {table}_fts.rowid "
-        f"WHERE {table}_fts MATCH ? AND t.agent_id = ? ORDER BY score LIMIT ?",
-        (expression, agent_id, limit),
+        f"SELECT t.id, hit.score FROM ("
+        f"SELECT rowid, bm25({ranking}) AS score FROM {table}_fts "
+        f"WHERE {table}_fts MATCH ? ORDER BY score LIMIT ?"
+        f") AS hit JOIN {table} AS t ON t.id = hit.rowid WHERE t.agent_id = ? ORDER BY hit.score",
+        (f'owner : "a{int(agent_id)}" AND ({expression})', limit, agent_id),
     )
     return [(int(i), float(score)) for i, score in rows]
