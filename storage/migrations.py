@@ -318,7 +318,14 @@ def m006_owner_tokens(conn: Connection) -> None:
 
 Migration = Callable[[Connection], None]
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_full_text, m003_counters, m004_turns, m005_context, m006_owner_tokens]
+MIGRATIONS: list[Migration] = [
+    m001_initial,
+    m002_full_text,
+    m003_counters,
+    m004_turns,
+    m005_context,
+    m006_owner_tokens,
+]
 
 
 def applied(conn: Connection) -> list[str]:
