@@ -17,6 +17,11 @@ from storage.errors import EmbeddingMismatchError
 from storage.vector_cache import VectorCache
 
 TABLES = ("messages_vec", "passages_vec")
+# Each agent's vectors live in chunks of CHUNK_SIZE slots, allocated whole. sqlite-vec's default of
+# 1,024 slots cost every new agent 1 MB per table on disk and ~9 ms for its first vector (measured:
+# 200 agents, 211 MB); 32 slots cost 32 kB and 0.04 ms, and search is as fast (2.3 ms over 4k vectors).
+CHUNK_SIZE = 32
+LAYOUT = f"chunk_size={CHUNK_SIZE}"
 COUNTERS = {"messages_vec": "message_count", "passages_vec": "passage_count"}  # columns of `agents`
 
 
@@ -39,20 +44,42 @@ def _cache(conn: Connection) -> VectorCache | None:
     return found
 
 
+def _create(conn: Connection, table: str, dim: int) -> None:
+    conn.execute(
+        f"CREATE VIRTUAL TABLE {table} USING vec0(agent_id INTEGER PARTITION KEY, "
+        f"embedding FLOAT[{dim}] distance_metric=cosine, chunk_size={CHUNK_SIZE})"
+    )
+
+
 def create_tables(conn: Connection, model: str, dim: int) -> None:
     cache = _cache(conn)
     if cache is not None:
         cache.clear()
     for table in TABLES:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.execute(
-            f"CREATE VIRTUAL TABLE {table} USING vec0("
-            f"agent_id INTEGER PARTITION KEY, embedding FLOAT[{dim}] distance_metric=cosine)"
-        )
+        _create(conn, table, dim)
     conn.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?), ('embedding_dim', ?)",
-        (model, str(dim)),
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('embedding_model', ?), ('embedding_dim', ?), "
+        "('vector_layout', ?)",
+        (model, str(dim), LAYOUT),
     )
+
+
+def _relayout(conn: Connection, dim: int) -> None:
+    """Copy vectors from tables made before `LAYOUT` (1,024-slot chunks) into the current layout."""
+    cache = _cache(conn)
+    if cache is not None:
+        cache.clear()
+    for table in TABLES:
+        conn.execute("DROP TABLE IF EXISTS temp.moving")
+        conn.execute(f"CREATE TEMP TABLE moving AS SELECT rowid AS id, agent_id, embedding FROM {table}")
+        conn.execute(f"DROP TABLE {table}")  # (vec0 cannot be renamed: its shadow tables keep their names)
+        _create(conn, table, dim)
+        conn.execute(
+            f"INSERT INTO {table} (rowid, agent_id, embedding) SELECT id, agent_id, embedding FROM moving"
+        )
+        conn.execute("DROP TABLE temp.moving")
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('vector_layout', ?)", (LAYOUT,))
 
 
 def ensure(conn: Connection, model: str, dim: int) -> None:
@@ -69,6 +96,10 @@ def ensure(conn: Connection, model: str, dim: int) -> None:
         )
     if not _tables_exist(conn):
         create_tables(conn, model, dim)
+        return
+    layout = conn.execute("SELECT value FROM meta WHERE key = 'vector_layout'").fetchone()
+    if layout is None or layout[0] != LAYOUT:
+        _relayout(conn, dim)
 
 
 def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes) -> None:

@@ -187,3 +187,32 @@ def test_counters_match_the_rows_after_migrating_an_older_file(tmp_path: Path):
     assert db.call(messages.count, 1) == 4 and db.call(passages.count, 1) == 1
     assert db.call(lambda c: c.execute("SELECT count(*) FROM messages").fetchone()[0]) == 4
     db.close()
+
+
+def test_vectors_from_the_first_layout_are_moved_into_small_chunks(tmp_path: Path):
+    db = Database(tmp_path / "layout.db")
+    db.call(migrations.migrate)
+    a = db.call(agents.create, "discord", "a", "A", "UTC")
+
+    def first_layout(conn):  # as membot 0.1 made them: sqlite-vec's default 1,024-slot chunks
+        for table in vectors.TABLES:
+            conn.execute(
+                f"CREATE VIRTUAL TABLE {table} USING vec0("
+                "agent_id INTEGER PARTITION KEY, embedding FLOAT[8] distance_metric=cosine)"
+            )
+        conn.execute("INSERT INTO meta VALUES ('embedding_model', 'test-model'), ('embedding_dim', '8')")
+        conn.execute(
+            "INSERT INTO messages_vec (rowid, agent_id, embedding) VALUES (7, ?, ?), (8, ?, ?)",
+            (a.id, vec(1, 0), a.id, vec(0, 1)),
+        )
+
+    db.call(first_layout)
+    db.call(vectors.ensure, "test-model", 8)
+    assert [i for i, _ in db.call(messages.nearest, a.id, vec(1, 0.1), 2)] == [7, 8]
+    sql = db.call(
+        lambda c: c.execute("SELECT sql FROM sqlite_master WHERE name = 'messages_vec'").fetchone()[0]
+    )
+    assert f"chunk_size={vectors.CHUNK_SIZE}" in sql
+    sizes = db.call(lambda c: c.execute("SELECT size FROM messages_vec_chunks").fetchall())
+    assert sizes == [(vectors.CHUNK_SIZE,)]
+    db.close()
