@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import random
 import statistics
 import sys
@@ -25,30 +24,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-logging.basicConfig(level=logging.WARNING)  # before wordllama, which would set INFO on import
-
-from bot.embedding import WordLlamaEmbedder, to_blob  # noqa: E402
-from bot.runtime import Incoming, Runtime  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
-from storage import messages, passages  # noqa: E402
-from tests.fake_openai import Answer, FakeOpenAI, call, last_message, say  # noqa: E402
-
-SYLLABLES = "ka lo mi nu pe ra si to vu ze ba do fi gu he ja ko li mo na".split()
-TOPICS = "garden dog trip Lisbon birthday sister concert guitar marathon recipe soup bike office".split()
-
-
-def vocabulary(size: int = 5000) -> list[str]:
-    rng = random.Random(3)
-    return [rng.choice(SYLLABLES) + rng.choice(SYLLABLES) + rng.choice(SYLLABLES) for _ in range(size)]
-
-
-VOCABULARY = vocabulary()
-WEIGHTS = [1.0 / (rank + 1) for rank in range(len(VOCABULARY))]  # Zipf, like real text
-
-
-def sentence(rng: random.Random) -> str:
-    words = rng.choices(VOCABULARY, weights=WEIGHTS, k=rng.randint(6, 18))
-    return " ".join([*words, rng.choice(TOPICS)])
+from bench.common import percentile, sentence, start_runtime, write_json
+from bot.embedding import WordLlamaEmbedder, to_blob
+from bot.runtime import Incoming, Runtime
+from storage import messages, passages
+from tests.fake_openai import Answer, FakeOpenAI, call, last_message, say
 
 
 def model(request: dict[str, Any]) -> Answer:
@@ -98,11 +78,6 @@ def populate(runtime: Runtime, agent_id: int, n_messages: int, n_passages: int) 
         runtime.db.call(insert)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--full", action="store_true")
@@ -115,11 +90,7 @@ async def main() -> None:
     n_passages = args.passages or (20_000 if args.full else 1_000)
 
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(model) as fake:
-        settings = load_settings(
-            {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "x", "MEMBOT_DB": f"{tmp}/bench.db"},
-            dotenv_path=None,
-        )
-        runtime = await Runtime.start(settings)
+        runtime = await start_runtime(fake.url, f"{tmp}/bench.db")
         agent = await runtime.agent_for("bench", "user")
         started = time.perf_counter()
         populate(runtime, agent.id, n_messages, n_passages)
@@ -155,9 +126,7 @@ async def main() -> None:
         },
         "fake_llm_round_trip_ms_p50": round(statistics.median(llm_waits), 2),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))  # noqa: ASYNC240
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ class Runtime:
         self.llm = llm
         self.tools = registry()
         self.budget = Budget(settings.context_window)
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     @classmethod
     async def start(
@@ -90,14 +90,18 @@ class Runtime:
         return AgentMemory(self.db, self.embedder, agent)
 
     async def handle(self, event: Incoming) -> Turn:
-        """Run one event through its agent. Errors become a short reply, never an exception."""
-        try:
-            record = await self.agent_for(event.platform, event.user_id, event.user_name)
-        except StorageError as exc:
-            log.error("cannot load the agent for %s/%s: %s", event.platform, event.user_id, exc)
-            return Turn(replies=[STORAGE_FAILED], failed=True)
-        lock = self._locks.setdefault(record.id, asyncio.Lock())
+        """Run one event through its agent. Errors become a short reply, never an exception.
+
+        One user's events run one at a time, in the order they arrived: the lock is taken before
+        anything is awaited, so nothing can overtake.
+        """
+        lock = self._locks.setdefault((event.platform, event.user_id), asyncio.Lock())
         async with lock:
+            try:
+                record = await self.agent_for(event.platform, event.user_id, event.user_name)
+            except StorageError as exc:
+                log.error("cannot load the agent for %s/%s: %s", event.platform, event.user_id, exc)
+                return Turn(replies=[STORAGE_FAILED], failed=True)
             agent = Agent(
                 self.memory(record),
                 self.llm,
