@@ -131,7 +131,9 @@ class AgentMemory:
     def speaker_for(self, role: str) -> str:
         if role == "assistant":
             return ASSISTANT_NAME
-        return self.agent.display_name or "user" if role == "user" else ""
+        if role == "user":
+            return self.agent.display_name or "user"
+        return ""
 
     async def import_messages(self, items: list[Imported]) -> list[Message]:
         """Store past messages in recall memory (not in context) in one transaction, embedded in one batch."""

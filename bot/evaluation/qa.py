@@ -26,6 +26,7 @@ from bot.evaluation.recall import MAIN, ingest
 from bot.llm import LLM
 from bot.runtime import Incoming, Runtime, open_database
 from bot.settings import Settings
+from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,16 @@ async def judge(llm: LLM, question: Question, response: str) -> bool:
     return completion.content.strip().upper().startswith("CORRECT")
 
 
+def _runtime(settings: Settings, path: Path, db: Database, embedder: Embedder, llm: LLM) -> Runtime:
+    return Runtime(dataclasses.replace(settings, db=str(path), timezone="UTC"), db, embedder, llm)
+
+
 async def _template(
     settings: Settings, conversation: Conversation, embedder: Embedder, llm: LLM, path: Path
 ) -> None:
+    """A database holding only the conversation, imported into its agent's recall memory."""
     db = await open_database(str(path), embedder.name, embedder.dim)
-    runtime = Runtime(dataclasses.replace(settings, db=str(path), timezone="UTC"), db, embedder, llm)
+    runtime = _runtime(settings, path, db, embedder, llm)
     try:
         record = await runtime.agent_for("locomo", conversation.sample_id, conversation.speaker_a)
         await ingest(runtime.memory(record), conversation)
@@ -83,10 +89,10 @@ async def _ask(
     llm: LLM,
     path: Path,
 ) -> str:
+    """The agent's reply to the question (empty if the turn failed)."""
     db = await open_database(str(path), embedder.name, embedder.dim)
-    runtime = Runtime(dataclasses.replace(settings, db=str(path), timezone="UTC"), db, embedder, llm)
     try:
-        turn = await runtime.handle(
+        turn = await _runtime(settings, path, db, embedder, llm).handle(
             Incoming("locomo", conversation.sample_id, question.text, conversation.speaker_a)
         )
     finally:
