@@ -119,21 +119,12 @@ def plot(path: str, rec: Recorder, full: list[int], window: int, limit: int) -> 
     agent = [(t, n) for t, n, s in rec.calls if not s]
     summ = [(t, n) for t, n, s in rec.calls if s]
     ax.plot(range(len(full)), full, color="tab:red", label="full context (every message kept)")
-    ax.scatter(
-        [t for t, _ in agent],
-        [n for _, n in agent],
-        s=2,
-        color="tab:blue",
-        label="membot prompt, agent calls",
-    )
-    if summ:
-        ax.scatter(
-            [t for t, _ in summ],
-            [n for _, n in summ],
-            s=6,
-            color="tab:green",
-            label="membot prompt, summariser calls",
-        )
+    for points, size, color, label in (
+        (agent, 2, "tab:blue", "membot prompt, agent calls"),
+        (summ, 6, "tab:green", "membot prompt, summariser calls"),
+    ):
+        if points:
+            ax.scatter([t for t, _ in points], [n for _, n in points], s=size, color=color, label=label)
     ax.axhline(window, color="black", linestyle="--", linewidth=1, label=f"window {window}")
     ax.axhline(limit, color="grey", linestyle=":", linewidth=1, label=f"limit before flush {limit}")
     ax.set_yscale("log")
