@@ -18,12 +18,12 @@ from storage.db import Connection, Database
 log = logging.getLogger(__name__)
 
 BATCH = 256
-Reader = Callable[[Connection, int, int, int], list[tuple[int, str]]]
+Reader = Callable[[Connection, int, int, int], list[tuple[int, str, bool]]]
 
 
-def _write(conn: Connection, table: str, agent_id: int, rows: list[tuple[int, bytes]]) -> None:
-    for row_id, blob in rows:
-        vectors.put(conn, table, agent_id, row_id, blob)
+def _write(conn: Connection, table: str, agent_id: int, rows: list[tuple[int, bytes, bool]]) -> None:
+    for row_id, blob, private in rows:
+        vectors.put(conn, table, agent_id, row_id, blob, private)
 
 
 async def _rebuild(db: Database, embedder: Embedder, agent_id: int, read: Reader, table: str) -> int:
@@ -32,13 +32,13 @@ async def _rebuild(db: Database, embedder: Embedder, agent_id: int, read: Reader
         rows = await db.run(read, agent_id, after, BATCH)
         if not rows:
             return done
-        found = await embedder.embed([truncate(text, 2000) for _, text in rows])
+        found = await embedder.embed([truncate(text, 2000) for _, text, _ in rows])
 
         await db.run(
             _write,
             table,
             agent_id,
-            [(row_id, to_blob(v)) for (row_id, _), v in zip(rows, found, strict=True)],
+            [(row_id, to_blob(v), private) for (row_id, _, private), v in zip(rows, found, strict=True)],
         )
         done += len(rows)
         after = rows[-1][0]

@@ -15,3 +15,7 @@ class BlockNotFoundError(StorageError):
 
 class EmbeddingMismatchError(StorageError):
     """The database was embedded with another model or dimension than the one configured."""
+
+
+class AgentNotFoundError(StorageError):
+    """No agent with that id (never created, or forgotten)."""

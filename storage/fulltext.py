@@ -42,23 +42,31 @@ def match_query(text: str) -> str | None:
 
 
 def bm25_matches(
-    conn: Any, table: str, agent_id: int, query: str, limit: int, weights: tuple[float, ...] = ()
+    conn: Any,
+    table: str,
+    agent_id: int,
+    query: str,
+    limit: int,
+    weights: tuple[float, ...] = (),
+    public_only: bool = False,
 ) -> list[tuple[int, float]]:
     """(id, bm25 score) of this agent's rows of `table` matching words of `query`, best first.
 
     `table` is one of our own table names, never user input; `weights` are the weights of the
     text columns after `owner`. The MATCH names the owner token, so FTS5 only reads this agent's
-    rows; the join checks the agent id again on the rows returned.
+    rows; the join checks the agent id again on the rows returned. Public rows also carry the
+    token "p<id>": with `public_only` the MATCH names that one, and the join checks `private = 0`.
     """
     expression = match_query(query)
     if expression is None:
         return []
+    owner, scope = ("p", " AND t.private = 0") if public_only else ("a", "")
     ranking = ", ".join([f"{table}_fts", "0.0", *(str(weight) for weight in weights)])
     rows = conn.execute(
         f"SELECT t.id, hit.score FROM ("
         f"SELECT rowid, bm25({ranking}) AS score FROM {table}_fts "
         f"WHERE {table}_fts MATCH ? ORDER BY score LIMIT ?"
-        f") AS hit JOIN {table} AS t ON t.id = hit.rowid WHERE t.agent_id = ? ORDER BY hit.score",
-        (f'owner : "a{int(agent_id)}" AND ({expression})', limit, agent_id),
+        f") AS hit JOIN {table} AS t ON t.id = hit.rowid WHERE t.agent_id = ?{scope} ORDER BY hit.score",
+        (f'owner : "{owner}{int(agent_id)}" AND ({expression})', limit, agent_id),
     )
     return [(int(i), float(score)) for i, score in rows]

@@ -7,7 +7,14 @@ agent said), in_context (1 while the message is in the agent's FIFO queue; evict
 created_at (UTC ISO), speaker (who said it, a name), turn (1, 2, 3... over the agent's searchable
 messages, NULL for the rest: the order search uses to look at a hit's neighbours), context (the
 text of the searchable messages just before and after, in the same conversation: indexed in a
-second, lower-weighted full-text column). `messages_fts` indexes search_text; `messages_vec` holds its embedding.
+second, lower-weighted full-text column), conversation_id and private (where it was said, and
+whether that conversation is private), public_in_context (1 while in the public view's queue),
+source_key (the platform's key of the message, unique). `messages_fts` indexes search_text and
+context; `messages_vec` holds its embedding.
+
+Every read takes the agent id; reads for a public conversation pass `public_only=True` and see
+only messages said in public (the full-text owner token "p<id>", the vector table's `private`
+column, and `private = 0` in SQL).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ TEXT_WEIGHT, CONTEXT_WEIGHT = 1.0, 0.3  # BM25 column weights (LoCoMo dev: +1.5-
 
 COLUMNS = (
     "id, role, kind, content, tool_calls, tool_call_id, tool_name, search_text, created_at, in_context, "
-    "speaker, turn"
+    "speaker, turn, conversation_id, private"
 )
 
 
@@ -44,6 +51,8 @@ class Message:
     in_context: bool
     speaker: str = ""
     turn: int | None = None
+    conversation_id: int | None = None
+    private: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class Position:
 def _row(row: tuple[object, ...]) -> Message:
     values = list(row)
     values[9] = bool(values[9])
+    values[13] = bool(values[13])
     return Message(*values)  # type: ignore[arg-type]
 
 
@@ -77,17 +87,28 @@ def append(
     created_at: str | None = None,
     in_context: bool = True,
     speaker: str = "",
+    conversation_id: int | None = None,
+    private: bool = True,
+    source_key: str | None = None,
 ) -> Message:
+    """Store one message. A searchable one gets the next turn number and shares words with the
+    searchable message before it when both were said in the same conversation within
+    CONVERSATION_GAP (so a public message never indexes words said in private)."""
     created_at = created_at or now_iso()
     turn, context = None, ""
     if search_text:
         previous = conn.execute(
-            "SELECT id, turn, search_text, created_at FROM messages "
+            "SELECT id, turn, search_text, created_at, conversation_id, private FROM messages "
             "WHERE agent_id = ? AND turn IS NOT NULL ORDER BY turn DESC LIMIT 1",
             (agent_id,),
         ).fetchone()
         turn = previous[1] + 1 if previous else 1
-        if previous and abs(from_iso(created_at) - from_iso(previous[3])) <= CONVERSATION_GAP:
+        if (
+            previous
+            and previous[4] == conversation_id
+            and bool(previous[5]) == private
+            and abs(from_iso(created_at) - from_iso(previous[3])) <= CONVERSATION_GAP
+        ):
             context = previous[2][:CONTEXT_CHARS]
             conn.execute(
                 "UPDATE messages SET context = ltrim(context || char(10) || ?, char(10)) WHERE id = ?",
@@ -95,8 +116,8 @@ def append(
             )
     cursor = conn.execute(
         "INSERT INTO messages (agent_id, role, kind, content, tool_calls, tool_call_id, tool_name, "
-        "search_text, in_context, created_at, speaker, turn, context) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "search_text, in_context, created_at, speaker, turn, context, conversation_id, private, "
+        "public_in_context, source_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             agent_id,
             role,
@@ -111,36 +132,47 @@ def append(
             speaker,
             turn,
             context,
+            conversation_id,
+            int(private),
+            int(in_context and not private),
+            source_key or None,
         ),
     )
     message_id = int(cursor.lastrowid)
     if embedding is not None and search_text:
-        vectors.put(conn, "messages_vec", agent_id, message_id, embedding)
+        vectors.put(conn, "messages_vec", agent_id, message_id, embedding, private)
     return get_many(conn, agent_id, [message_id])[0]
 
 
-def in_context(conn: Connection, agent_id: int) -> list[Message]:
-    """The agent's FIFO queue, oldest first."""
+def _view(public_only: bool) -> str:
+    """The column that says a message is in the queue of the private or the public view."""
+    return "public_in_context" if public_only else "in_context"
+
+
+def in_context(conn: Connection, agent_id: int, public_only: bool = False) -> list[Message]:
+    """The agent's FIFO queue, oldest first: every message in private, public ones in public."""
     rows = conn.execute(
-        f"SELECT {COLUMNS} FROM messages WHERE agent_id = ? AND in_context = 1 ORDER BY id",
+        f"SELECT {COLUMNS} FROM messages WHERE agent_id = ? AND {_view(public_only)} = 1 ORDER BY id",
         (agent_id,),
     )
     return [_row(row) for row in rows]
 
 
-def evict(conn: Connection, agent_id: int, through_id: int) -> int:
-    """Take messages up to `through_id` out of the queue (they stay in recall memory)."""
+def evict(conn: Connection, agent_id: int, through_id: int, public_only: bool = False) -> int:
+    """Take messages up to `through_id` out of one view's queue (they stay in recall memory)."""
+    column = _view(public_only)
     cursor = conn.execute(
-        "UPDATE messages SET in_context = 0 WHERE agent_id = ? AND in_context = 1 AND id <= ?",
+        f"UPDATE messages SET {column} = 0 WHERE agent_id = ? AND {column} = 1 AND id <= ?",
         (agent_id, through_id),
     )
     return int(cursor.rowcount)
 
 
-def retire(conn: Connection, agent_id: int, kind: str) -> int:
-    """Take every message of `kind` (e.g. stale warnings) out of the queue."""
+def retire(conn: Connection, agent_id: int, kind: str, public_only: bool = False) -> int:
+    """Take every message of `kind` (e.g. stale warnings) out of one view's queue."""
+    column = _view(public_only)
     cursor = conn.execute(
-        "UPDATE messages SET in_context = 0 WHERE agent_id = ? AND in_context = 1 AND kind = ?",
+        f"UPDATE messages SET {column} = 0 WHERE agent_id = ? AND {column} = 1 AND kind = ?",
         (agent_id, kind),
     )
     return int(cursor.rowcount)
@@ -152,25 +184,36 @@ def count(conn: Connection, agent_id: int) -> int:
     return int(row[0]) if row else 0
 
 
-def get_many(conn: Connection, agent_id: int, ids: list[int]) -> list[Message]:
+def _scope(public_only: bool) -> str:
+    return " AND private = 0" if public_only else ""
+
+
+def get_many(conn: Connection, agent_id: int, ids: list[int], public_only: bool = False) -> list[Message]:
     """These messages of this agent (others' ids are ignored), in the order of `ids`."""
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT {COLUMNS} FROM messages WHERE agent_id = ? AND id IN ({marks})", (agent_id, *ids)
+        f"SELECT {COLUMNS} FROM messages WHERE agent_id = ? AND id IN ({marks}){_scope(public_only)}",
+        (agent_id, *ids),
     )
     found = {row[0]: _row(row) for row in rows}
     return [found[i] for i in ids if i in found]
 
 
-def text_matches(conn: Connection, agent_id: int, query: str, limit: int) -> list[tuple[int, float]]:
+def text_matches(
+    conn: Connection, agent_id: int, query: str, limit: int, public_only: bool = False
+) -> list[tuple[int, float]]:
     """Searchable messages of this agent matching words of `query`, best BM25 first: (id, score)."""
-    return bm25_matches(conn, "messages", agent_id, query, limit, (TEXT_WEIGHT, CONTEXT_WEIGHT))
+    return bm25_matches(
+        conn, "messages", agent_id, query, limit, (TEXT_WEIGHT, CONTEXT_WEIGHT), public_only=public_only
+    )
 
 
-def nearest(conn: Connection, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
-    return vectors.nearest(conn, "messages_vec", agent_id, vector, k)
+def nearest(
+    conn: Connection, agent_id: int, vector: bytes, k: int, public_only: bool = False
+) -> list[tuple[int, float]]:
+    return vectors.nearest(conn, "messages_vec", agent_id, vector, k, public_only)
 
 
 def speakers(conn: Connection, agent_id: int) -> list[str]:
@@ -179,24 +222,26 @@ def speakers(conn: Connection, agent_id: int) -> list[str]:
     return [str(name) for (name,) in rows]
 
 
-def positions(conn: Connection, agent_id: int, ids: list[int]) -> list[Position]:
+def positions(conn: Connection, agent_id: int, ids: list[int], public_only: bool = False) -> list[Position]:
     """Turn, speaker and time of these searchable messages of this agent (others' ids are ignored)."""
-    return _positions(conn, agent_id, "id", ids)
+    return _positions(conn, agent_id, "id", ids, public_only)
 
 
-def at_turns(conn: Connection, agent_id: int, turns: list[int]) -> list[Position]:
+def at_turns(conn: Connection, agent_id: int, turns: list[int], public_only: bool = False) -> list[Position]:
     """The searchable messages of this agent with these turn numbers."""
-    return _positions(conn, agent_id, "turn", turns)
+    return _positions(conn, agent_id, "turn", turns, public_only)
 
 
-def _positions(conn: Connection, agent_id: int, column: str, keys: list[int]) -> list[Position]:
+def _positions(
+    conn: Connection, agent_id: int, column: str, keys: list[int], public_only: bool
+) -> list[Position]:
     found: list[Position] = []
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(
             f"SELECT id, turn, speaker, created_at FROM messages "
-            f"WHERE agent_id = ? AND turn IS NOT NULL AND {column} IN ({marks})",
+            f"WHERE agent_id = ? AND turn IS NOT NULL AND {column} IN ({marks}){_scope(public_only)}",
             (agent_id, *chunk),
         )
         found.extend(Position(int(i), int(t), str(s), str(c)) for i, t, s, c in rows)
@@ -204,10 +249,16 @@ def _positions(conn: Connection, agent_id: int, column: str, keys: list[int]) ->
 
 
 def searchable_between(
-    conn: Connection, agent_id: int, start: str, end: str, limit: int, offset: int
+    conn: Connection,
+    agent_id: int,
+    start: str,
+    end: str,
+    limit: int,
+    offset: int,
+    public_only: bool = False,
 ) -> tuple[list[Message], int]:
     """Searchable messages with start <= created_at < end (UTC ISO), oldest first, and their total."""
-    where = "agent_id = ? AND search_text != '' AND created_at >= ? AND created_at < ?"
+    where = "agent_id = ? AND search_text != '' AND created_at >= ? AND created_at < ?" + _scope(public_only)
     total = conn.execute(f"SELECT count(*) FROM messages WHERE {where}", (agent_id, start, end))
     rows = conn.execute(
         f"SELECT {COLUMNS} FROM messages WHERE {where} ORDER BY id LIMIT ? OFFSET ?",
@@ -216,11 +267,44 @@ def searchable_between(
     return [_row(row) for row in rows], int(total.fetchone()[0])
 
 
-def searchable_texts(conn: Connection, agent_id: int, after_id: int, limit: int) -> list[tuple[int, str]]:
-    """(id, search_text) of this agent's searchable messages after `after_id`, for re-embedding."""
+def searchable_texts(
+    conn: Connection, agent_id: int, after_id: int, limit: int
+) -> list[tuple[int, str, bool]]:
+    """(id, search_text, private) of this agent's searchable messages after `after_id`, for
+    re-embedding."""
     rows = conn.execute(
-        "SELECT id, search_text FROM messages WHERE agent_id = ? AND id > ? AND search_text != '' "
+        "SELECT id, search_text, private FROM messages WHERE agent_id = ? AND id > ? AND search_text != '' "
         "ORDER BY id LIMIT ?",
         (agent_id, after_id, limit),
     )
-    return [(int(i), str(text)) for i, text in rows]
+    return [(int(i), str(text), bool(private)) for i, text, private in rows]
+
+
+def by_source(conn: Connection, source_key: str) -> int | None:
+    """The id of the message stored under this platform key, if any (for dropping redeliveries)."""
+    row = conn.execute("SELECT id FROM messages WHERE source_key = ?", (source_key,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def mark_unembedded(conn: Connection, agent_id: int, message_id: int) -> None:
+    """Remember that this message was stored without its vector (the embedder failed)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO unembedded (message_id, agent_id) VALUES (?, ?)", (message_id, agent_id)
+    )
+
+
+def unembedded(conn: Connection, agent_id: int, limit: int = 256) -> list[tuple[int, str, bool]]:
+    """(id, search_text, private) of this agent's messages still waiting for a vector."""
+    rows = conn.execute(
+        "SELECT m.id, m.search_text, m.private FROM unembedded AS u JOIN messages AS m ON m.id = u.message_id "
+        "WHERE u.agent_id = ? AND m.agent_id = ? ORDER BY m.id LIMIT ?",
+        (agent_id, agent_id, limit),
+    )
+    return [(int(i), str(text), bool(private)) for i, text, private in rows]
+
+
+def put_vectors(conn: Connection, agent_id: int, rows: list[tuple[int, bytes, bool]]) -> None:
+    """Store vectors for messages that were waiting for them."""
+    for message_id, vector, private in rows:
+        vectors.put(conn, "messages_vec", agent_id, message_id, vector, private)
+        conn.execute("DELETE FROM unembedded WHERE message_id = ? AND agent_id = ?", (message_id, agent_id))

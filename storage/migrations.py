@@ -316,6 +316,189 @@ def m006_owner_tokens(conn: Connection) -> None:
     )
 
 
+def m007_conversations(conn: Connection) -> None:
+    """Conversations, identities, private vs public, the inbox and the outbox.
+
+    - `identities(platform, platform_user_id) -> agent_id`: one person may reach one agent from
+      several accounts; each agent's first identity is its `agents.platform`/`platform_user_id`.
+    - `conversations`: a DM, channel or thread (platform, channel_id, thread_id), and whether it
+      is private. Messages and passages record theirs and copy its `private` flag; everything
+      before this migration came from the terminal: private.
+    - Two views of each agent's main context: `in_context` (private: everything) and
+      `public_in_context` (public messages only), each with its own summary and warning flag.
+    - Blocks get a `scope` (private, public): in public the agent sees and edits the public set.
+    - Full-text owner tokens: "a<id>" on every row, plus "p<id>" on public rows, so a public
+      search reads public rows only; the update trigger also fires on agent_id (re-parenting).
+    - `messages.source_key`: the platform's message key, unique, so a redelivery is dropped.
+    - `inbox`: events received and not yet answered (`message_id` set once stored in messages).
+    - `outbox`: messages for the platforms, with their delivery state.
+    - `tool_effects`: what a tool call did, written with its effect, dropped with its result.
+    - `unembedded`: messages stored while the embedder failed, embedded later.
+    """
+    _execute_all(
+        conn,
+        """
+        CREATE TABLE identities (
+            platform TEXT NOT NULL,
+            platform_user_id TEXT NOT NULL,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            display_name TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (platform, platform_user_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX identities_by_agent ON identities (agent_id);
+        INSERT INTO identities (platform, platform_user_id, agent_id, display_name, created_at)
+            SELECT platform, platform_user_id, id, display_name, created_at FROM agents;
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            platform TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            thread_id TEXT NOT NULL DEFAULT '',
+            private INTEGER NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            place TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            UNIQUE (platform, channel_id, thread_id)
+        );
+        ALTER TABLE agents ADD COLUMN public_summary TEXT NOT NULL DEFAULT '';
+        ALTER TABLE agents ADD COLUMN public_summary_covers INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE agents ADD COLUMN public_pressure_warned INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE messages ADD COLUMN conversation_id INTEGER REFERENCES conversations(id);
+        ALTER TABLE messages ADD COLUMN private INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE messages ADD COLUMN public_in_context INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE messages ADD COLUMN source_key TEXT;
+        CREATE UNIQUE INDEX messages_by_source ON messages (source_key) WHERE source_key IS NOT NULL;
+        CREATE INDEX messages_public_context ON messages (agent_id, id) WHERE public_in_context = 1;
+        ALTER TABLE passages ADD COLUMN conversation_id INTEGER REFERENCES conversations(id);
+        ALTER TABLE passages ADD COLUMN private INTEGER NOT NULL DEFAULT 1;
+        CREATE TABLE blocks_scoped (
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            scope TEXT NOT NULL CHECK (scope IN ('private', 'public')),
+            label TEXT NOT NULL,
+            description TEXT NOT NULL,
+            value TEXT NOT NULL DEFAULT '',
+            char_limit INTEGER NOT NULL CHECK (char_limit > 0),
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (agent_id, scope, label),
+            CHECK (length(value) <= char_limit)
+        );
+        INSERT INTO blocks_scoped (agent_id, scope, label, description, value, char_limit, updated_at)
+            SELECT agent_id, 'private', label, description, value, char_limit, updated_at
+            FROM blocks ORDER BY rowid;
+        DROP TABLE blocks;
+        ALTER TABLE blocks_scoped RENAME TO blocks;
+        CREATE TABLE inbox (
+            id INTEGER PRIMARY KEY,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            source_key TEXT UNIQUE,
+            event TEXT NOT NULL,
+            message_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            received_at TEXT NOT NULL
+        );
+        CREATE INDEX inbox_by_agent ON inbox (agent_id, id);
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+            platform TEXT NOT NULL,
+            text TEXT NOT NULL,
+            recipient TEXT NOT NULL DEFAULT '',
+            reply_to TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT NOT NULL DEFAULT '',
+            tool_call_id TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX outbox_pending ON outbox (platform, id) WHERE state = 'pending';
+        CREATE INDEX outbox_by_agent ON outbox (agent_id, id);
+        CREATE TABLE tool_effects (
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            tool_call_id TEXT NOT NULL,
+            effect TEXT NOT NULL,
+            PRIMARY KEY (agent_id, tool_call_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE unembedded (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE
+        );
+        DROP TRIGGER messages_fts_insert;
+        DROP TRIGGER messages_fts_delete;
+        DROP TRIGGER messages_fts_update;
+        DROP TABLE messages_fts;
+        DROP VIEW messages_fts_source;
+        DROP TRIGGER passages_fts_insert;
+        DROP TRIGGER passages_fts_delete;
+        DROP TRIGGER passages_fts_update;
+        DROP TABLE passages_fts;
+        DROP VIEW passages_fts_source;
+        CREATE VIEW messages_fts_source AS
+            SELECT id, 'a' || agent_id || CASE WHEN private = 0 THEN ' p' || agent_id ELSE '' END AS owner,
+                search_text, context FROM messages;
+        CREATE VIEW passages_fts_source AS
+            SELECT id, 'a' || agent_id || CASE WHEN private = 0 THEN ' p' || agent_id ELSE '' END AS owner,
+                content FROM passages;
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            owner, search_text, context,
+            content='messages_fts_source', content_rowid='id', tokenize='porter unicode61'
+        );
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, owner, search_text, context) VALUES (new.id,
+                'a' || new.agent_id || CASE WHEN new.private = 0 THEN ' p' || new.agent_id ELSE '' END,
+                new.search_text, new.context);
+        END;
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, owner, search_text, context) VALUES ('delete', old.id,
+                'a' || old.agent_id || CASE WHEN old.private = 0 THEN ' p' || old.agent_id ELSE '' END,
+                old.search_text, old.context);
+        END;
+        CREATE TRIGGER messages_fts_update AFTER UPDATE OF agent_id, private, search_text, context ON messages
+        BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, owner, search_text, context) VALUES ('delete', old.id,
+                'a' || old.agent_id || CASE WHEN old.private = 0 THEN ' p' || old.agent_id ELSE '' END,
+                old.search_text, old.context);
+            INSERT INTO messages_fts (rowid, owner, search_text, context) VALUES (new.id,
+                'a' || new.agent_id || CASE WHEN new.private = 0 THEN ' p' || new.agent_id ELSE '' END,
+                new.search_text, new.context);
+        END;
+        CREATE VIRTUAL TABLE passages_fts USING fts5(
+            owner, content,
+            content='passages_fts_source', content_rowid='id', tokenize='porter unicode61'
+        );
+        CREATE TRIGGER passages_fts_insert AFTER INSERT ON passages BEGIN
+            INSERT INTO passages_fts (rowid, owner, content) VALUES (new.id,
+                'a' || new.agent_id || CASE WHEN new.private = 0 THEN ' p' || new.agent_id ELSE '' END,
+                new.content);
+        END;
+        CREATE TRIGGER passages_fts_delete AFTER DELETE ON passages BEGIN
+            INSERT INTO passages_fts (passages_fts, rowid, owner, content) VALUES ('delete', old.id,
+                'a' || old.agent_id || CASE WHEN old.private = 0 THEN ' p' || old.agent_id ELSE '' END,
+                old.content);
+        END;
+        CREATE TRIGGER passages_fts_update AFTER UPDATE OF agent_id, private, content ON passages BEGIN
+            INSERT INTO passages_fts (passages_fts, rowid, owner, content) VALUES ('delete', old.id,
+                'a' || old.agent_id || CASE WHEN old.private = 0 THEN ' p' || old.agent_id ELSE '' END,
+                old.content);
+            INSERT INTO passages_fts (rowid, owner, content) VALUES (new.id,
+                'a' || new.agent_id || CASE WHEN new.private = 0 THEN ' p' || new.agent_id ELSE '' END,
+                new.content);
+        END;
+        CREATE TRIGGER messages_count_move AFTER UPDATE OF agent_id ON messages BEGIN
+            UPDATE agents SET message_count = message_count - 1 WHERE id = old.agent_id;
+            UPDATE agents SET message_count = message_count + 1 WHERE id = new.agent_id;
+        END;
+        CREATE TRIGGER passages_count_move AFTER UPDATE OF agent_id ON passages BEGIN
+            UPDATE agents SET passage_count = passage_count - 1 WHERE id = old.agent_id;
+            UPDATE agents SET passage_count = passage_count + 1 WHERE id = new.agent_id;
+        END;
+        INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+        INSERT INTO passages_fts (passages_fts) VALUES ('rebuild');
+        """,
+    )
+
+
 Migration = Callable[[Connection], None]
 
 MIGRATIONS: list[Migration] = [
@@ -325,6 +508,7 @@ MIGRATIONS: list[Migration] = [
     m004_turns,
     m005_context,
     m006_owner_tokens,
+    m007_conversations,
 ]
 
 

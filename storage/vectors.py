@@ -1,7 +1,8 @@
 """Vector tables (sqlite-vec `vec0`) and the record of which embedding model filled them.
 
 Tables `messages_vec` and `passages_vec`: rowid = the message or passage id, `agent_id` as the
-partition key (so a KNN query only ever reads one agent's vectors), `embedding float[dim]` with
+partition key (so a KNN query only ever reads one agent's vectors), `private` as a metadata
+column (a public search filters on it inside the KNN query), `embedding float[dim]` with
 cosine distance. `meta` keys `embedding_model` and `embedding_dim` record what produced them;
 opening with another model is refused until `membot reembed` rebuilds them.
 
@@ -21,8 +22,9 @@ TABLES = ("messages_vec", "passages_vec")
 # 1,024 slots cost every new agent 1 MB per table on disk and ~9 ms for its first vector (measured:
 # 200 agents, 211 MB); 32 slots cost 32 kB and 0.04 ms, and search is as fast (2.3 ms over 4k vectors).
 CHUNK_SIZE = 32
-LAYOUT = f"chunk_size={CHUNK_SIZE}"
+LAYOUT = f"chunk_size={CHUNK_SIZE};private"
 COUNTERS = {"messages_vec": "message_count", "passages_vec": "passage_count"}  # columns of `agents`
+SOURCES = {"messages_vec": "messages", "passages_vec": "passages"}  # the rows each table embeds
 
 
 def recorded(conn: Connection) -> tuple[str, int] | None:
@@ -46,7 +48,7 @@ def _cache(conn: Connection) -> VectorCache | None:
 
 def _create(conn: Connection, table: str, dim: int) -> None:
     conn.execute(
-        f"CREATE VIRTUAL TABLE {table} USING vec0(agent_id INTEGER PARTITION KEY, "
+        f"CREATE VIRTUAL TABLE {table} USING vec0(agent_id INTEGER PARTITION KEY, private INTEGER, "
         f"embedding FLOAT[{dim}] distance_metric=cosine, chunk_size={CHUNK_SIZE})"
     )
 
@@ -66,7 +68,8 @@ def create_tables(conn: Connection, model: str, dim: int) -> None:
 
 
 def _relayout(conn: Connection, dim: int) -> None:
-    """Copy vectors from tables made before `LAYOUT` (1,024-slot chunks) into the current layout."""
+    """Copy vectors from tables made before `LAYOUT` (1,024-slot chunks, no `private` column) into
+    the current layout; `private` comes from the rows they embed."""
     cache = _cache(conn)
     if cache is not None:
         cache.clear()
@@ -76,7 +79,9 @@ def _relayout(conn: Connection, dim: int) -> None:
         conn.execute(f"DROP TABLE {table}")  # (vec0 cannot be renamed: its shadow tables keep their names)
         _create(conn, table, dim)
         conn.execute(
-            f"INSERT INTO {table} (rowid, agent_id, embedding) SELECT id, agent_id, embedding FROM moving"
+            f"INSERT INTO {table} (rowid, agent_id, private, embedding) SELECT moving.id, moving.agent_id, "
+            f"coalesce(source.private, 1), embedding FROM moving LEFT JOIN {SOURCES[table]} AS source "
+            "ON source.id = moving.id"
         )
         conn.execute("DROP TABLE temp.moving")
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('vector_layout', ?)", (LAYOUT,))
@@ -102,19 +107,26 @@ def ensure(conn: Connection, model: str, dim: int) -> None:
         _relayout(conn, dim)
 
 
-def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes) -> None:
+def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes, private: bool = True) -> None:
     conn.execute(
-        f"INSERT INTO {table} (rowid, agent_id, embedding) VALUES (?, ?, ?)", (rowid, agent_id, vector)
+        f"INSERT INTO {table} (rowid, agent_id, private, embedding) VALUES (?, ?, ?, ?)",
+        (rowid, agent_id, int(private), vector),
     )
     cache = _cache(conn)
     if cache is not None:
         cache.added(table, agent_id, rowid, vector)
 
 
-def nearest(conn: Connection, table: str, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
-    """The `k` rows of this agent nearest to `vector`, as (rowid, cosine distance)."""
+def nearest(
+    conn: Connection, table: str, agent_id: int, vector: bytes, k: int, public_only: bool = False
+) -> list[tuple[int, float]]:
+    """The `k` rows of this agent nearest to `vector`, as (rowid, cosine distance); with
+    `public_only`, only rows from public conversations (filtered inside sqlite-vec's KNN query;
+    the in-memory cache serves unfiltered searches only)."""
     if k <= 0:
         return []
+    if public_only:
+        return knn(conn, table, agent_id, vector, k, public_only=True)
     cache = _cache(conn)
     if cache is not None:
         return cache.nearest(
@@ -137,10 +149,13 @@ def _most(conn: Connection, table: str, agent_id: int) -> int | None:
     return int(row[0]) if row else None
 
 
-def knn(conn: Connection, table: str, agent_id: int, vector: bytes, k: int) -> list[tuple[int, float]]:
+def knn(
+    conn: Connection, table: str, agent_id: int, vector: bytes, k: int, public_only: bool = False
+) -> list[tuple[int, float]]:
     """sqlite-vec's own KNN query (brute force over the agent's partition), bypassing the cache."""
+    scope = " AND private = 0" if public_only else ""
     rows = conn.execute(
-        f"SELECT rowid, distance FROM {table} WHERE embedding MATCH ? AND k = ? AND agent_id = ? "
+        f"SELECT rowid, distance FROM {table} WHERE embedding MATCH ? AND k = ? AND agent_id = ?{scope} "
         "ORDER BY distance",
         (vector, k, agent_id),
     )

@@ -1,0 +1,135 @@
+"""What adapters and the core exchange: read this module first if you write an adapter.
+
+An adapter turns each platform event into an `Event` and hands it to `Runtime.handle`; it
+registers a `Sender` with `Runtime.register_sender` that delivers the core's `Outgoing` messages.
+Nothing else of the core is an adapter's business.
+
+- `Person`: who speaks, by platform user id (never by display name: names can be faked).
+- `Conversation`: where: the platform's channel id, a thread id if any, and whether it is
+  private (a DM, the terminal) or public (a channel, a group). What a person says in private
+  never reaches the model while their agent answers in public.
+- `Event`: one thing that happened: a person's message, a system event, a heartbeat, a reminder
+  coming due. `message_id` is the platform's id for it; the core drops a second delivery of the
+  same id, also across restarts.
+- `Outgoing`: a message from an agent to a conversation, written to the outbox first and handed
+  to the platform's sender when the agent sends it (not at the end of its turn).
+- `Sender`: what an adapter registers: `send` delivers one message (raise `DeliveryError`, with
+  `permanent=True` when retrying cannot help, e.g. the person closed their DMs); `turn_started`
+  and `turn_ended` bracket an agent's work in a conversation (for typing indicators).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class Kind(StrEnum):
+    """The closed set of events an agent is woken by."""
+
+    MESSAGE = "user"  # a person wrote to the bot
+    SYSTEM = "event"  # something the bot should know (a person joined, a file failed to load, ...)
+    HEARTBEAT = "heartbeat"  # a timed wake-up with nobody waiting for an answer
+    REMINDER = "reminder"  # a reminder the agent scheduled has come due
+
+
+@dataclass(frozen=True)
+class Person:
+    platform: str
+    user_id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A place where messages are exchanged: a DM, a channel, a thread of a channel."""
+
+    platform: str
+    channel_id: str
+    private: bool
+    thread_id: str = ""
+    name: str = ""  # how to call it in a prompt: "#general", "a DM"
+    place: str = ""  # the server or workspace, if any
+
+    @classmethod
+    def direct(cls, platform: str, user_id: str) -> Conversation:
+        """The private conversation with one person (the terminal, or a DM whose id is unknown)."""
+        return cls(platform, f"dm:{user_id}", private=True, name="a direct message")
+
+    def describe(self) -> str:
+        """Where this is, in a few words for the model."""
+        if self.private:
+            return f"a private conversation ({self.name or 'direct message'}) on {self.platform}"
+        where = self.name or self.channel_id
+        if self.thread_id:
+            where = f"a thread in {where}"
+        place = f" in {self.place}" if self.place else ""
+        return f"the public channel {where}{place} on {self.platform}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file that came with an event. `read` fetches its bytes (only when someone needs them)."""
+
+    name: str
+    size: int
+    media_type: str
+    read: Callable[[], Awaitable[bytes]] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Event:
+    person: Person
+    conversation: Conversation
+    text: str
+    kind: Kind = Kind.MESSAGE
+    message_id: str = ""  # the platform's id of the message; redeliveries of it are dropped
+    sent_at: datetime | None = None  # the platform's timestamp, if it gave one
+    attachments: tuple[Attachment, ...] = ()
+
+    @classmethod
+    def direct(cls, platform: str, user_id: str, text: str, name: str = "", **more: object) -> Event:
+        """A private message from one person (the terminal, tests, scripts)."""
+        return cls(Person(platform, user_id, name), Conversation.direct(platform, user_id), text, **more)  # type: ignore[arg-type]
+
+    @property
+    def source_key(self) -> str:
+        """The platform-wide key of this message, for dropping redeliveries ('' when unknown)."""
+        if not self.message_id:
+            return ""
+        c = self.conversation
+        return f"{c.platform}:{c.channel_id}:{self.message_id}"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message from an agent, as the outbox holds it."""
+
+    id: int
+    agent_id: int
+    conversation: Conversation
+    text: str
+    recipient: str = ""  # the platform user id of the agent's person (to open a DM if needed)
+    reply_to: str = ""  # the platform message id this answers, if any
+    attempts: int = 0
+
+
+class DeliveryError(Exception):
+    """A send failed. `permanent`: retrying cannot help (no access, user unknown, DMs closed)."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Sender(Protocol):
+    """What a platform adapter registers for its platform's outgoing messages."""
+
+    async def send(self, message: Outgoing) -> None: ...
+
+    async def turn_started(self, conversation: Conversation) -> None: ...
+
+    async def turn_ended(self, conversation: Conversation) -> None: ...
