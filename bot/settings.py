@@ -61,6 +61,16 @@ class Settings:
     llm_retries: int = field(
         default=3, metadata=_env("MEMBOT_LLM_RETRIES", "retries on 429/5xx/connection errors")
     )
+    turn_deadline: float = field(
+        default=300.0,
+        metadata=_env("MEMBOT_TURN_DEADLINE", "seconds one turn may take in all before it is stopped"),
+    )
+    replay_hours: float = field(
+        default=24.0,
+        metadata=_env(
+            "MEMBOT_REPLAY_HOURS", "at start, answer stored but unanswered messages at most this many hours old"
+        ),
+    )
     log_level: str = field(default="INFO", metadata=_env("MEMBOT_LOG_LEVEL", "DEBUG, INFO, WARNING"))
     log_content: bool = field(
         default=False, metadata=_env("MEMBOT_LOG_CONTENT", "log message text and memory (true/false)")
@@ -156,6 +166,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("MEMBOT_MAX_STEPS must be at least 1.")
     if s.block_limit < 100:
         raise ConfigError("MEMBOT_BLOCK_LIMIT must be at least 100 characters.")
+    if s.turn_deadline <= 0 or s.replay_hours < 0:
+        raise ConfigError("MEMBOT_TURN_DEADLINE must be positive and MEMBOT_REPLAY_HOURS not negative.")
     if s.llm_timeout <= 0 or s.llm_retries < 0:
         raise ConfigError("MEMBOT_LLM_TIMEOUT must be positive and MEMBOT_LLM_RETRIES not negative.")
     try:
