@@ -1,1 +1,1 @@
-"""Platform edges: each turns a platform's events into `bot.runtime.Incoming` and replies back."""
+"""Platform edges: each turns a platform's events into `bot.events.Event` and registers a sender for its replies."""

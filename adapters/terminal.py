@@ -1,26 +1,57 @@
 """Terminal chat: `membot chat --user NAME`, for local use, demos and scripted runs.
 
-Reads lines from stdin (a terminal or a pipe); prints what the agent sends with send_message to
-stdout, one block per message; inner monologue and tool activity go to stderr with --verbose.
-`/memory` shows the core memory blocks and statistics, `/exit` (or end of input) quits.
+A private conversation with one person. Reads lines from stdin (a terminal or a pipe); each
+message the agent sends is printed to stdout the moment it is sent, one block per message
+(control characters and escape sequences removed); inner monologue and tool activity go to
+stderr with --verbose. `/memory` shows the core memory blocks and statistics, `/timezone ZONE`
+sets the person's time zone, `/exit` (or end of input) quits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TextIO
 
-from bot.runtime import Incoming, Runtime
+from bot.errors import InvalidInput
+from bot.events import Conversation, Event, Outgoing, Person
+from bot.runtime import Runtime
 
 PLATFORM = "terminal"
-HELP = "Commands: /memory shows what I remember, /exit quits."
+HELP = "Commands: /memory shows what I remember, /timezone ZONE sets your time zone, /exit quits."
+# ANSI/VT escape sequences (CSI, OSC, other ESC sequences) and the C0/C1 controls but tab and newline
+UNPRINTABLE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+
+
+def printable(text: str) -> str:
+    """`text` without anything that would steer the terminal (clear screen, window title, ...)."""
+    return UNPRINTABLE.sub("", text)
+
+
+class TerminalSender:
+    """Prints the agent's messages as they are sent."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    async def send(self, message: Outgoing) -> None:
+        self.out.write(printable(message.text) + "\n\n")
+        self.out.flush()
+
+    async def turn_started(self, conversation: Conversation) -> None:
+        return None
+
+    async def turn_ended(self, conversation: Conversation) -> None:
+        return None
 
 
 async def show_memory(runtime: Runtime, user: str, out: TextIO) -> None:
     memory = runtime.memory(await runtime.agent_for(PLATFORM, user, user))
     for block in await memory.blocks():
         out.write(f"[{block.label}] {len(block.value)}/{block.char_limit} chars - {block.description}\n")
-        out.write((block.value or "(empty)") + "\n\n")
+        out.write(printable(block.value or "(empty)") + "\n\n")
     stats = await memory.stats()
     agent = await memory.refresh()
     out.write(
@@ -30,35 +61,63 @@ async def show_memory(runtime: Runtime, user: str, out: TextIO) -> None:
     out.flush()
 
 
+async def set_timezone(runtime: Runtime, user: str, zone: str, out: TextIO) -> None:
+    agent = await runtime.agent_for(PLATFORM, user, user)
+    try:
+        out.write(f"Your time zone is now {await runtime.set_timezone(agent.id, zone)}.\n")
+    except InvalidInput as exc:
+        out.write(f"{exc}\n")
+    out.flush()
+
+
+async def command(runtime: Runtime, user: str, text: str, out: TextIO) -> bool:
+    """Run a /command; False if `text` is not one."""
+    name, _, argument = text.strip().partition(" ")
+    name = name.lower()
+    if name == "/memory":
+        await show_memory(runtime, user, out)
+    elif name == "/timezone":
+        if argument.strip():
+            await set_timezone(runtime, user, argument, out)
+        else:
+            out.write("Usage: /timezone ZONE, for example /timezone Europe/Sofia\n")
+    elif name == "/help":
+        out.write(HELP + "\n")
+    else:
+        return False
+    out.flush()
+    return True
+
+
 async def chat(runtime: Runtime, user: str, verbose: bool, stdin: TextIO, out: TextIO, err: TextIO) -> int:
     interactive = stdin.isatty()
     loop = asyncio.get_running_loop()
+    conversation = Conversation.direct(PLATFORM, user)
+    await runtime.register_sender(PLATFORM, TerminalSender(out), channels={conversation.channel_id})
+    await runtime.recover(lambda event: event.conversation.channel_id == conversation.channel_id)
+    person = Person(PLATFORM, user, user)
     if interactive:
         err.write(f"membot: chatting as {user!r}. {HELP}\n")
-    while True:
-        if interactive:
-            err.write("you> ")
-            err.flush()
-        line = await loop.run_in_executor(None, stdin.readline)
-        if not line:
-            return 0
-        text = line.rstrip("\n")
-        if not text.strip():
-            continue
-        command = text.strip().lower()
-        if command in {"/exit", "/quit"}:
-            return 0
-        if command == "/memory":
-            await show_memory(runtime, user, out)
-            continue
-        if command == "/help":
-            out.write(HELP + "\n")
-            continue
-        turn = await runtime.handle(Incoming(PLATFORM, user, text, user_name=user))
-        if verbose:
-            for line_ in turn.activity:
-                err.write(f"  · {line_}\n")
-            err.flush()
-        for reply in turn.replies:
-            out.write(reply + "\n\n")
-        out.flush()
+    try:
+        while True:
+            if interactive:
+                err.write("you> ")
+                err.flush()
+            line = await loop.run_in_executor(None, stdin.readline)
+            if not line:
+                return 0
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                continue
+            if text.strip().lower() in {"/exit", "/quit"}:
+                return 0
+            if await command(runtime, user, text, out):
+                continue
+            turn = await runtime.handle(Event(person, conversation, text))
+            if verbose:
+                for line_ in turn.activity:
+                    err.write(f"  · {line_}\n")
+                err.flush()
+            await runtime.delivery.idle(5.0)
+    finally:
+        await runtime.delivery.idle(5.0)

@@ -5,7 +5,7 @@
     python bench/concurrency.py --users 500 --mode burst --latency 0.3 --json out.json
     python bench/concurrency.py --profile prof.txt    # cProfile of the event-loop thread, top functions
 
-Every user starts at once (asyncio tasks) through Runtime.handle(Incoming(...)): the real Runtime,
+Every user starts at once (asyncio tasks) through Runtime.handle(Event.direct(...)): the real Runtime,
 WordLlama, the real openai client. Two modes, run one after the other on fresh databases:
 - sequential: each user sends its next message when the previous reply came back;
 - burst: each user's messages are all handed to the runtime at once (the per-agent lock orders them).
@@ -42,7 +42,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RoomyFakeOpenAI, busy_meter, start_runtime, summary_ms, write_json
 from bot.embedding import WordLlamaEmbedder
-from bot.runtime import Incoming, Runtime
+from bot.events import Event
+from bot.runtime import Runtime
 from storage import messages
 from storage.agents import Agent as AgentRecord
 from storage.db import Connection
@@ -132,7 +133,7 @@ async def user(
 ) -> list[Any]:
     async def one(text: str) -> Any:
         t0 = time.perf_counter()
-        turn = await runtime.handle(Incoming("bench", uid, text))
+        turn = await runtime.handle(Event.direct("bench", uid, text))
         latencies.append(time.perf_counter() - t0)
         return turn
 

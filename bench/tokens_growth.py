@@ -33,9 +33,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import percentile, sentence, start_runtime, summary_ms, write_json
+from bot.events import Event
 from bot.pressure import Budget
 from bot.prompt import render_message
-from bot.runtime import Incoming, Runtime
+from bot.runtime import Runtime
 from bot.tokens import PER_REQUEST, count_message, count_tools
 from storage import messages
 from storage.agents import Agent as AgentRecord
@@ -152,7 +153,7 @@ async def run(turns: int, window: int, long_every: int) -> tuple[Recorder, list[
             text = long_text(rng) if long_every and turn % long_every == long_every - 1 else sentence(rng)
             seen = len(rec.calls)
             t0 = time.perf_counter()
-            result = await runtime.handle(Incoming("bench", "grower", text))
+            result = await runtime.handle(Event.direct("bench", "grower", text))
             turn_seconds.append(time.perf_counter() - t0)
             fake.requests.clear()
             if result.failed:

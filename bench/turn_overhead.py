@@ -26,7 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import percentile, sentence, start_runtime, write_json
 from bot.embedding import WordLlamaEmbedder, to_blob
-from bot.runtime import Incoming, Runtime
+from bot.events import Event
+from bot.runtime import Runtime
 from storage import messages, passages
 from tests.fake_openai import Answer, FakeOpenAI, call, last_message, say
 
@@ -106,7 +107,7 @@ async def main() -> None:
                 else f"message {i}: {sentence(random.Random(i))}"
             )
             t0 = time.perf_counter()
-            turn = await runtime.handle(Incoming("bench", "user", text))
+            turn = await runtime.handle(Event.direct("bench", "user", text))
             total = time.perf_counter() - t0
             overheads.append((total - turn.llm_seconds) * 1000)
             llm_waits.append(turn.llm_seconds * 1000)

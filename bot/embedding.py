@@ -30,6 +30,8 @@ class Embedder(Protocol):
 
     async def embed(self, texts: list[str]) -> list[Vector]: ...
 
+    async def close(self) -> None: ...
+
 
 def _normalise(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -67,6 +69,9 @@ class CachedEmbedder:
 
     async def _compute(self, texts: list[str]) -> npt.NDArray[np.float32]:
         raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release what the embedder holds (an HTTP client); nothing for an in-process model."""
 
     async def embed(self, texts: list[str]) -> list[Vector]:
         found: list[Vector | None] = [self._cache.get(t) for t in texts]
@@ -145,6 +150,9 @@ class OpenAIEmbedder(CachedEmbedder):
                 "I couldn't reach the embedding model just now; please try again in a moment.",
             ) from exc
         return np.asarray(rows, dtype=np.float32)
+
+    async def close(self) -> None:
+        await self._client.close()
 
 
 async def make_embedder(settings: Settings) -> Embedder:

@@ -6,6 +6,7 @@ __all__ = [
     "BlockLimitError",
     "ConfigError",
     "EmbeddingMismatchError",
+    "InvalidInput",
     "MembotError",
     "ModelError",
     "StorageError",
@@ -32,3 +33,8 @@ class ModelError(MembotError):
 
 class ToolError(MembotError):
     """A tool call failed; the message goes back to the model as the tool result."""
+
+
+class InvalidInput(MembotError):
+    """What a person asked for cannot be done as given (an unknown time zone, ...); the message
+    says what to give instead and can be shown to them."""

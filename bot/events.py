@@ -20,6 +20,7 @@ Nothing else of the core is an adapter's business.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,9 +92,18 @@ class Event:
     attachments: tuple[Attachment, ...] = ()
 
     @classmethod
-    def direct(cls, platform: str, user_id: str, text: str, name: str = "", **more: object) -> Event:
-        """A private message from one person (the terminal, tests, scripts)."""
-        return cls(Person(platform, user_id, name), Conversation.direct(platform, user_id), text, **more)  # type: ignore[arg-type]
+    def direct(
+        cls,
+        platform: str,
+        user_id: str,
+        text: str,
+        name: str = "",
+        kind: Kind = Kind.MESSAGE,
+        message_id: str = "",
+    ) -> Event:
+        """A private event from or for one person (the terminal, tests, scripts)."""
+        person = Person(platform, user_id, name)
+        return cls(person, Conversation.direct(platform, user_id), text, kind, message_id)
 
     @property
     def source_key(self) -> str:
@@ -133,3 +143,34 @@ class Sender(Protocol):
     async def turn_started(self, conversation: Conversation) -> None: ...
 
     async def turn_ended(self, conversation: Conversation) -> None: ...
+
+
+def event_to_json(event: Event) -> str:
+    """The event as the inbox stores it (attachments without their bytes)."""
+    c, p = event.conversation, event.person
+    return json.dumps(
+        {
+            "person": [p.platform, p.user_id, p.name],
+            "conversation": [c.platform, c.channel_id, c.private, c.thread_id, c.name, c.place],
+            "text": event.text,
+            "kind": event.kind.value,
+            "message_id": event.message_id,
+            "sent_at": event.sent_at.isoformat() if event.sent_at else None,
+            "attachments": [[a.name, a.size, a.media_type] for a in event.attachments],
+        },
+        ensure_ascii=False,
+    )
+
+
+def event_from_json(text: str) -> Event:
+    data = json.loads(text)
+    platform, channel_id, private, thread_id, name, place = data["conversation"]
+    return Event(
+        Person(*data["person"]),
+        Conversation(platform, channel_id, bool(private), thread_id, name, place),
+        data["text"],
+        Kind(data["kind"]),
+        data["message_id"],
+        datetime.fromisoformat(data["sent_at"]) if data["sent_at"] else None,
+        tuple(Attachment(n, int(s), t) for n, s, t in data["attachments"]),
+    )

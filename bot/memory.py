@@ -1,29 +1,54 @@
-"""One agent's memory as the core sees it: core blocks, recall memory, archival memory.
+"""One agent's memory as the core sees it from one conversation: core blocks, recall, archival.
 
-`AgentMemory` is bound to one agent id when it is made; every call it makes into storage passes
-that id, and storage scopes every read by it. Embedding happens here, off the event loop.
+`AgentMemory` is bound to one agent id and one `Scope` (the conversation being answered, and
+whether it is private) when it is made. Every call it makes into storage passes that id, and in
+a public conversation `public_only=True`: storage then returns nothing said or saved in private.
+What the agent stores is tagged with the conversation and its privacy. Embedding happens here,
+off the event loop; a message is stored even when the embedder fails (its vector follows later).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from bot import dates, retrieval
 from bot.embedding import Embedder, to_blob
+from bot.errors import ModelError
 from bot.tokens import truncate
-from storage import agents, blocks, messages, passages
+from storage import agents, blocks, conversations, messages, passages
 from storage.agents import Agent
-from storage.blocks import Block
+from storage.blocks import PRIVATE, PUBLIC, Block
 from storage.clock import to_iso
 from storage.db import Connection, Database
 from storage.messages import Message
 from storage.passages import Passage
 
+log = logging.getLogger(__name__)
+
 EMBED_MAX_TOKENS = 2000
+MAX_INDEXED_CHARS = 20_000  # a longer message is kept whole but indexed and embedded in part
 ASSISTANT_NAME = "membot"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where the agent is answering: the conversation's id and whether it is private."""
+
+    conversation_id: int | None = None
+    private: bool = True
+
+    @property
+    def public_only(self) -> bool:
+        return not self.private
+
+    @property
+    def blocks(self) -> str:
+        return PRIVATE if self.private else PUBLIC
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,17 @@ class Stats:
     recall_messages: int
     archival_passages: int
     memory_updated_at: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one step's main context is compiled from, read in one transaction."""
+
+    agent: Agent
+    blocks: list[Block]
+    stats: Stats
+    queue: list[Message]
+    places: dict[int, str]  # conversation id -> its name, for the public messages in the queue
 
 
 def _stats(conn: Connection, agent_id: int) -> tuple[Agent, Stats]:
@@ -61,13 +97,28 @@ def named(text: str, names: list[str]) -> frozenset[str]:
     return frozenset(found)
 
 
+def _places(conn: Connection, queue: list[Message]) -> dict[int, str]:
+    ids = {m.conversation_id for m in queue if m.conversation_id is not None and not m.private}
+    found: dict[int, str] = {}
+    for conversation_id in ids:
+        row = conversations.get(conn, conversation_id)
+        if row is not None:
+            found[conversation_id] = row.name or row.channel_id
+    return found
+
+
 class AgentMemory:
-    def __init__(self, db: Database, embedder: Embedder, agent: Agent) -> None:
+    def __init__(self, db: Database, embedder: Embedder, agent: Agent, scope: Scope | None = None) -> None:
         self.db = db
         self.embedder = embedder
         self.agent_id = agent.id
         self.agent = agent
+        self.scope = scope or Scope()
         self._speakers: list[str] | None = None
+
+    @property
+    def public(self) -> bool:
+        return self.scope.public_only
 
     @property
     def zone(self) -> ZoneInfo:
@@ -80,19 +131,13 @@ class AgentMemory:
         self.agent = await self.db.run(agents.get, self.agent_id)
         return self.agent
 
-    async def _vector(self, text: str) -> bytes:
+    async def vector(self, text: str) -> bytes:
         [vector] = await self.embedder.embed([truncate(text, EMBED_MAX_TOKENS)])
         return to_blob(vector)
 
     # core memory
     async def blocks(self) -> list[Block]:
-        return await self.db.run(blocks.list_for, self.agent_id)
-
-    async def block(self, label: str) -> Block:
-        return await self.db.run(blocks.get, self.agent_id, label)
-
-    async def write_block(self, label: str, value: str) -> Block:
-        return await self.db.run(blocks.write, self.agent_id, label, value)
+        return await self.db.run(blocks.list_for, self.agent_id, self.scope.blocks)
 
     # recall memory
     async def add_message(
@@ -107,26 +152,77 @@ class AgentMemory:
         search_text: str = "",
         in_context: bool = True,
         speaker: str | None = None,
+        source_key: str | None = None,
+        created_at: str | None = None,
+        also: Callable[[Connection, Message], None] | None = None,
     ) -> Message:
-        """Store a message (and its embedding, if it is searchable). The speaker defaults to the
-        user's display name for user messages and the bot's name for its own."""
-        vector = await self._vector(search_text) if search_text else None
+        """Store a message in this scope (and its embedding, if it is searchable). The speaker
+        defaults to the person's display name for their messages and the bot's name for its own.
+        If the embedder fails, the message is stored anyway and embedded later. `also` runs in the
+        same transaction, after the message is stored."""
+        search_text = search_text[:MAX_INDEXED_CHARS]
+        vector: bytes | None = None
+        if search_text:
+            try:
+                vector = await self.vector(search_text)
+            except ModelError as exc:
+                log.warning(
+                    "agent %s: embedder failed (%s); storing the message without its vector",
+                    self.agent_id,
+                    exc,
+                )
         if speaker is None:
             speaker = self.speaker_for(role) if search_text else ""
-        return await self.db.run(
-            messages.append,
+
+        def store(conn: Connection) -> Message:
+            stored = self.append(
+                conn,
+                role,
+                kind,
+                content,
+                tool_calls=tool_calls,
+                tool_call_id=tool_call_id,
+                tool_name=tool_name,
+                search_text=search_text,
+                embedding=vector,
+                in_context=in_context,
+                speaker=speaker,
+                source_key=source_key,
+                created_at=created_at,
+            )
+            if search_text and vector is None:
+                messages.mark_unembedded(conn, self.agent_id, stored.id)
+            if also is not None:
+                also(conn, stored)
+            return stored
+
+        return await self.db.run(store)
+
+    def append(self, conn: Connection, role: str, kind: str, content: str, **more: object) -> Message:
+        """`messages.append` for this agent in this scope (inside a caller's transaction)."""
+        return messages.append(
+            conn,
             self.agent_id,
             role,
             kind,
             content,
-            tool_calls=tool_calls,
-            tool_call_id=tool_call_id,
-            tool_name=tool_name,
-            search_text=search_text,
-            embedding=vector,
-            in_context=in_context,
-            speaker=speaker,
+            conversation_id=self.scope.conversation_id,
+            private=self.scope.private,
+            **more,  # type: ignore[arg-type]
         )
+
+    async def embed_missing(self) -> int:
+        """Embed messages stored while the embedder was failing; how many got their vector."""
+        rows = await self.db.run(messages.unembedded, self.agent_id)
+        if not rows:
+            return 0
+        found = await self.embedder.embed([truncate(text, EMBED_MAX_TOKENS) for _, text, _ in rows])
+        await self.db.run(
+            messages.put_vectors,
+            self.agent_id,
+            [(i, to_blob(v), private) for (i, _, private), v in zip(rows, found, strict=True)],
+        )
+        return len(rows)
 
     def speaker_for(self, role: str) -> str:
         if role == "assistant":
@@ -141,9 +237,8 @@ class AgentMemory:
 
         def store(conn: Connection) -> list[Message]:
             return [
-                messages.append(
+                self.append(
                     conn,
-                    self.agent_id,
                     item.role,
                     item.role,
                     item.text,
@@ -161,65 +256,80 @@ class AgentMemory:
         return stored
 
     async def queue(self) -> list[Message]:
-        return await self.db.run(messages.in_context, self.agent_id)
+        return await self.db.run(messages.in_context, self.agent_id, self.public)
 
     async def search_messages(self, query: str, limit: int, before_id: int | None = None) -> list[Message]:
-        """Messages best matching `query`, best first (see `bot.retrieval`)."""
+        """Messages best matching `query`, best first (see `bot.retrieval`); only public ones in public."""
         if self._speakers is None:
             self._speakers = await self.db.run(messages.speakers, self.agent_id)
-        vector = await self._vector(retrieval.dense_query(query, self._speakers))
+        vector = await self.vector(retrieval.dense_query(query, self._speakers))
         search = retrieval.Query(
             text=query,
             vector=vector,
             speakers=named(query, self._speakers),
             windows=dates.windows(query, self.local(datetime.now(UTC)).date()),
             zone=self.zone,
+            public_only=self.public,
         )
         ids = await self.db.run(retrieval.rank_messages, self.agent_id, search, limit, before_id)
-        return await self.db.run(messages.get_many, self.agent_id, ids)
+        return await self.db.run(messages.get_many, self.agent_id, ids, self.public)
 
     async def messages_between(
         self, start: datetime, end: datetime, limit: int, offset: int
     ) -> tuple[list[Message], int]:
         return await self.db.run(
-            messages.searchable_between, self.agent_id, to_iso(start), to_iso(end), limit, offset
+            messages.searchable_between,
+            self.agent_id,
+            to_iso(start),
+            to_iso(end),
+            limit,
+            offset,
+            self.public,
         )
 
     # archival memory
-    async def insert_passage(self, content: str, source: str = "agent") -> Passage:
-        vector = await self._vector(content)
-        return await self.db.run(passages.insert, self.agent_id, content, vector, source)
+    def insert_passage(self, conn: Connection, content: str, vector: bytes, source: str = "agent") -> Passage:
+        """Store a passage in this scope (inside a caller's transaction)."""
+        return passages.insert(
+            conn, self.agent_id, content, vector, source, self.scope.private, self.scope.conversation_id
+        )
 
     async def search_passages(self, query: str, limit: int) -> list[Passage]:
-        vector = await self._vector(retrieval.dense_query(query))
-        ids = await self.db.run(retrieval.rank_passages, self.agent_id, query, vector, limit)
-        return await self.db.run(passages.get_many, self.agent_id, ids)
+        vector = await self.vector(retrieval.dense_query(query))
+        ids = await self.db.run(retrieval.rank_passages, self.agent_id, query, vector, limit, self.public)
+        return await self.db.run(passages.get_many, self.agent_id, ids, self.public)
 
-    async def snapshot(self) -> tuple[Agent, list[Block], Stats, list[Message]]:
+    async def snapshot(self) -> Snapshot:
         """Everything the main context needs, read in one transaction."""
+        scope = self.scope
 
-        def read(conn: Connection) -> tuple[Agent, list[Block], Stats, list[Message]]:
+        def read(conn: Connection) -> Snapshot:
             agent, stats = _stats(conn, self.agent_id)
-            return (
-                agent,
-                blocks.list_for(conn, self.agent_id),
-                stats,
-                messages.in_context(conn, self.agent_id),
+            queue = messages.in_context(conn, self.agent_id, scope.public_only)
+            return Snapshot(
+                agent, blocks.list_for(conn, self.agent_id, scope.blocks), stats, queue, _places(conn, queue)
             )
 
-        self.agent, found_blocks, stats, queue = await self.db.run(read)
-        return self.agent, found_blocks, stats, queue
+        snapshot = await self.db.run(read)
+        self.agent = snapshot.agent
+        return snapshot
 
     # statistics, summary, eviction
     async def stats(self) -> Stats:
         self.agent, stats = await self.db.run(_stats, self.agent_id)
         return stats
 
+    def summary(self) -> tuple[str, int]:
+        """This view's recursive summary and how many messages it covers."""
+        return self.agent.summary_of(self.public)
+
     async def evict(self, through_id: int, summary: str, covers: int) -> int:
+        public = self.public
+
         def apply(conn: Connection) -> int:
-            evicted = messages.evict(conn, self.agent_id, through_id)
-            messages.retire(conn, self.agent_id, "warning")  # a flush answers the warning
-            agents.set_summary(conn, self.agent_id, summary, covers)
+            evicted = messages.evict(conn, self.agent_id, through_id, public)
+            messages.retire(conn, self.agent_id, "warning", public)  # a flush answers the warning
+            agents.set_summary(conn, self.agent_id, summary, covers, public)
             return evicted
 
         evicted = await self.db.run(apply)
@@ -227,5 +337,5 @@ class AgentMemory:
         return evicted
 
     async def set_pressure_warned(self, warned: bool) -> None:
-        await self.db.run(agents.set_pressure_warned, self.agent_id, warned)
+        await self.db.run(agents.set_pressure_warned, self.agent_id, warned, self.public)
         await self.refresh()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, time, timedelta
 
 from bot.errors import ToolError
-from bot.tools import Registry, Tool, ToolContext, tool
+from bot.tools import Effect, Registry, Tool, ToolContext, tool
+from storage import blocks
+from storage.blocks import PRIVATE, Block
 from storage.clock import from_iso
-from storage.errors import StorageError
+from storage.db import Connection
+from storage.errors import BlockLimitError, StorageError
 from storage.messages import Message
 
 PAGE_SIZE = 5
@@ -16,7 +20,7 @@ SNIPPET_CHARS = 600
 
 
 @tool(chains=False)
-async def send_message(ctx: ToolContext, message: str) -> str:
+async def send_message(ctx: ToolContext, message: str) -> Effect:
     """Send a message to the user. This is the only way the user sees anything you write.
 
     Args:
@@ -24,27 +28,49 @@ async def send_message(ctx: ToolContext, message: str) -> str:
     """
     if not message.strip():
         raise ToolError("send_message needs a non-empty 'message'.")
-    ctx.outbox.append(message)
-    return "Sent."
+
+    def effect(conn: Connection) -> str:
+        ctx.send(conn, message)
+        return "Sent."
+
+    return effect
 
 
-async def _write(ctx: ToolContext, label: str, value: str) -> str:
+def _block(conn: Connection, ctx: ToolContext, label: str, scope: str) -> Block:
     try:
-        block = await ctx.memory.write_block(label, value)
+        return blocks.get(conn, ctx.memory.agent_id, label, scope)
     except StorageError as exc:
         raise ToolError(str(exc)) from None
-    return f"Block '{label}' now holds {len(block.value)}/{block.char_limit} characters."
 
 
-async def _block_value(ctx: ToolContext, label: str) -> str:
+def _write(conn: Connection, ctx: ToolContext, label: str, value: str, scope: str) -> Block:
     try:
-        return (await ctx.memory.block(label)).value
-    except StorageError as exc:
+        return blocks.write(conn, ctx.memory.agent_id, label, value, scope)
+    except BlockLimitError as exc:
         raise ToolError(str(exc)) from None
+
+
+def _written(block: Block, mirrored: str) -> str:
+    return f"Block '{block.label}' now holds {len(block.value)}/{block.char_limit} characters.{mirrored}"
+
+
+def _mirror(conn: Connection, ctx: ToolContext, label: str, change: Callable[[str], str | None]) -> str:
+    """In public, apply the same change to the private block too: what is learned in public may
+    be known in private (never the other way round). Returns a note for the result."""
+    if ctx.memory.scope.private:
+        return ""
+    try:
+        private = blocks.get(conn, ctx.memory.agent_id, label, PRIVATE)
+        updated = change(private.value)
+        if updated is not None:
+            blocks.write(conn, ctx.memory.agent_id, label, updated, PRIVATE)
+    except StorageError:
+        return " (Your private copy of this block is full or missing, so only the public one changed.)"
+    return ""
 
 
 @tool()
-async def core_memory_append(ctx: ToolContext, label: str, content: str) -> str:
+async def core_memory_append(ctx: ToolContext, label: str, content: str) -> Effect:
     """Append a line to a core memory block (always in your context).
 
     Args:
@@ -53,12 +79,29 @@ async def core_memory_append(ctx: ToolContext, label: str, content: str) -> str:
     """
     if not content.strip():
         raise ToolError("core_memory_append needs non-empty 'content'.")
-    current = await _block_value(ctx, label)
-    return await _write(ctx, label, f"{current}\n{content}" if current else content)
+
+    def appended(value: str) -> str:
+        return f"{value}\n{content}" if value else content
+
+    def effect(conn: Connection) -> str:
+        scope = ctx.memory.scope.blocks
+        block = _write(conn, ctx, label, appended(_block(conn, ctx, label, scope).value), scope)
+        return _written(block, _mirror(conn, ctx, label, appended))
+
+    return effect
+
+
+def without(text: str, old: str) -> str:
+    """`text` with `old` taken out; when `old` is whole lines, those lines go too (and no other
+    line: blank lines elsewhere in the block stay as they are)."""
+    padded, target = f"\n{text}\n", f"\n{old}\n"
+    if target in padded:
+        return padded.replace(target, "\n")[1:-1]
+    return text.replace(old, "")
 
 
 @tool()
-async def core_memory_replace(ctx: ToolContext, label: str, old_content: str, new_content: str) -> str:
+async def core_memory_replace(ctx: ToolContext, label: str, old_content: str, new_content: str) -> Effect:
     """Replace exact text in a core memory block; an empty new_content deletes it.
 
     Args:
@@ -66,20 +109,29 @@ async def core_memory_replace(ctx: ToolContext, label: str, old_content: str, ne
         old_content: Text to replace; must match the block exactly.
         new_content: Replacement text ('' deletes).
     """
-    current = await _block_value(ctx, label)
-    if not old_content or old_content not in current:
-        raise ToolError(
-            f"'{old_content}' was not found in block '{label}'. Copy the exact text from the block; "
-            f"it currently reads: {current[:500]!r}"
-        )
-    updated = current.replace(old_content, new_content)
-    if not new_content:
-        updated = "\n".join(line for line in updated.split("\n") if line.strip())
-    return await _write(ctx, label, updated)
+
+    def replaced(value: str) -> str | None:
+        if not old_content or old_content not in value:
+            return None
+        return value.replace(old_content, new_content) if new_content else without(value, old_content)
+
+    def effect(conn: Connection) -> str:
+        scope = ctx.memory.scope.blocks
+        current = _block(conn, ctx, label, scope).value
+        updated = replaced(current)
+        if updated is None:
+            raise ToolError(
+                f"'{old_content}' was not found in block '{label}'. Copy the exact text from the block; "
+                f"it currently reads: {current[:500]!r}"
+            )
+        block = _write(conn, ctx, label, updated, scope)
+        return _written(block, _mirror(conn, ctx, label, replaced))
+
+    return effect
 
 
 @tool()
-async def archival_memory_insert(ctx: ToolContext, content: str) -> str:
+async def archival_memory_insert(ctx: ToolContext, content: str) -> Effect:
     """Store a passage in archival memory (unlimited, searched by meaning). Write it self-contained.
 
     Args:
@@ -87,8 +139,13 @@ async def archival_memory_insert(ctx: ToolContext, content: str) -> str:
     """
     if not content.strip():
         raise ToolError("archival_memory_insert needs non-empty 'content'.")
-    passage = await ctx.memory.insert_passage(content)
-    return f"Stored as passage {passage.id}."
+    vector = await ctx.memory.vector(content)
+
+    def effect(conn: Connection) -> str:
+        passage = ctx.memory.insert_passage(conn, content, vector)
+        return f"Stored as passage {passage.id}."
+
+    return effect
 
 
 def _page(results: list[str], total: int, page: int, what: str) -> str:
@@ -129,13 +186,15 @@ def _when(ctx: ToolContext, stamp: str) -> str:
 
 
 def _describe(ctx: ToolContext, message: Message) -> str:
-    who = "user" if message.role == "user" else "you"
+    who = "you" if message.role == "assistant" else (message.speaker or "user")
     return f"[{_when(ctx, message.created_at)}] {who}: {_clip(message.search_text)}"
 
 
 @tool()
 async def conversation_search(ctx: ToolContext, query: str, page: int = 0) -> str:
     """Search all past messages with the user (including ones no longer in context).
+
+    In a public conversation only what was said in public is found.
 
     Args:
         query: Words or meaning to look for.

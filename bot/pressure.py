@@ -1,10 +1,11 @@
 """Memory pressure: the token budget, the warning, and eviction with a recursive summary.
 
 Every request is counted with o200k before it is sent. Past `warn_at` the agent is told once per
-fill-up; past `limit` the oldest part of the queue is evicted (never the last few messages, never a
-tool call apart from its results) and folded into the summary by a separate LLM call that offers no
+fill-up; past `limit` the oldest part of the queue is evicted (never the last few messages, never
+the turn being answered, never a tool call apart from its results) and folded into the summary by a separate LLM call that offers no
 tools. Evicted messages stay in recall memory. If the summariser fails, the messages are evicted
-anyway with a note in the summary: the turn goes on, the queue is never wiped.
+anyway with a note in the summary: the turn goes on, the queue is never wiped. Each view of the
+agent (private, public) has its own queue and summary; a flush works on the one being answered.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ class Budget:
 
 
 def message_text(message: Message, memory: AgentMemory) -> str:
-    who = {"user": "user", "assistant": "assistant", "tool": "tool result"}.get(message.role, "event")
+    who = {"user": message.speaker or "user", "assistant": "assistant", "tool": "tool result"}.get(
+        message.role, "event"
+    )
     if message.role == "user" and message.kind != "user":
         who = "event"
     text = message.search_text or message.content
@@ -68,18 +71,30 @@ def message_text(message: Message, memory: AgentMemory) -> str:
     return f"[{stamp(message, memory.agent)}] {who}: {text}"
 
 
-def choose_cut(queue: list[Message], tokens: list[int], keep_fraction: float) -> int:
-    """How many of the oldest messages to evict so about `keep_fraction` of the tokens remain."""
-    if len(queue) <= KEEP_LAST:
+def choose_cut(queue: list[Message], tokens: list[int], keep_fraction: float, protect_from: int = 0) -> int:
+    """How many of the oldest messages to evict so about `keep_fraction` of the tokens remain.
+
+    Never the last KEEP_LAST messages, never a message with id >= `protect_from` (the turn being
+    answered), and never a tool call without its results: a cut that would fall between a call and
+    its results moves back to before the call."""
+    limit = len(queue) - KEEP_LAST
+    if protect_from:
+        limit = min(limit, next((i for i, m in enumerate(queue) if m.id >= protect_from), len(queue)))
+    if limit <= 0:
         return 0
     total = sum(tokens)
     cut, evicted = 0, 0
-    while cut < len(queue) - KEEP_LAST and evicted < total * (1 - keep_fraction):
+    while cut < limit and evicted < total * (1 - keep_fraction):
         evicted += tokens[cut]
         cut += 1
-    while cut < len(queue) and queue[cut].role == "tool":  # keep calls with their results
+    back = cut
+    while 0 < back < len(queue) and queue[back].role == "tool":  # keep calls with their results
+        back -= 1
+    if back > 0 or cut == 0:
+        return back
+    while cut < limit and queue[cut].role == "tool":  # the first call's results: evict them with it
         cut += 1
-    return cut
+    return cut if cut == len(queue) or queue[cut].role != "tool" else 0
 
 
 async def summarise(
@@ -87,7 +102,7 @@ async def summarise(
 ) -> tuple[str, float]:
     """The new summary (the old one plus `evicted`, folded chunk by chunk to fit the window) and
     the seconds spent waiting on the LLM."""
-    summary = memory.agent.summary
+    summary, _ = memory.summary()
     waited = 0.0
     words = int(budget.summary_tokens * 0.7)
     room = budget.limit - budget.summary_tokens - count_text(SUMMARY_PROMPT) - 200
@@ -127,15 +142,21 @@ class Flushed:
 
 
 async def flush(
-    llm: LLM, memory: AgentMemory, queue: list[Message], budget: Budget, keep_fraction: float = 0.5
+    llm: LLM,
+    memory: AgentMemory,
+    queue: list[Message],
+    budget: Budget,
+    keep_fraction: float = 0.5,
+    protect_from: int = 0,
 ) -> Flushed:
-    """Evict the oldest part of the queue into the summary."""
+    """Evict the oldest part of the queue into the summary (never messages from `protect_from` on)."""
     tokens = [count_text(m.content) + count_text(m.tool_calls or "") + 4 for m in queue]
-    cut = choose_cut(queue, tokens, keep_fraction)
+    cut = choose_cut(queue, tokens, keep_fraction, protect_from)
     if cut == 0:
         return Flushed(0, 0.0)
     evicted = queue[:cut]
-    covers = memory.agent.summary_covers + len(evicted)
+    old_summary, old_covers = memory.summary()
+    covers = old_covers + len(evicted)
     waited = 0.0
     try:
         summary, waited = await summarise(llm, memory, evicted, budget)
@@ -145,7 +166,7 @@ async def flush(
             f"(The summariser failed; {len(evicted)} messages up to {stamp(evicted[-1], memory.agent)} "
             "left view unsummarised. Search recall memory for them.)"
         )
-        summary = truncate(f"{memory.agent.summary}\n{note}".strip(), budget.summary_tokens)
+        summary = truncate(f"{old_summary}\n{note}".strip(), budget.summary_tokens)
     await memory.evict(evicted[-1].id, summary, covers)
     await memory.add_message("system", "summary", summary, in_context=False)
     log.info("agent %s: evicted %d messages into the summary", memory.agent_id, len(evicted))

@@ -1,9 +1,10 @@
 """Main context: what one LLM call sees, in MemGPT's order.
 
-1. system instructions, 2. core memory blocks (with characters used / limit), 3. memory
-statistics and the user's local time, 4. the recursive summary — all in one system message, as
-some local chat templates accept only one — then 5. the FIFO queue in wire format, each input
-stamped with the user's local time.
+1. system instructions and where the agent is (platform, DM or channel, who is speaking),
+2. core memory blocks (with characters used / limit), 3. memory statistics and the user's local
+time, 4. the recursive summary — all in one system message, as some local chat templates accept
+only one — then 5. the FIFO queue in wire format, each input stamped with the user's local time
+(and with the channel's name when it was said in a public channel other than this one).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.memory import Stats
+from bot.events import Conversation
+from bot.memory import Snapshot
 from bot.tokens import count_message, truncate
 from storage.agents import Agent
-from storage.blocks import Block
 from storage.clock import from_iso
 from storage.messages import Message
 
@@ -39,16 +40,33 @@ archival_memory_search.
 - Older messages are summarised and leave your view; save anything important before that happens.
 - When the user tells you something worth remembering, save it. When they ask about the past, search first.
 """
+PRIVATE_NOTE = (
+    "This conversation is private: only {name} reads what you send. What you learn here is never shown "
+    "to you while you answer in a public channel."
+)
+PUBLIC_NOTE = (
+    "This conversation is public: other people read what you send. You see only what {name} said in "
+    "public, and your public core memory; what they told you in private stays out of view, and you must "
+    "not reveal it. What you save here is public."
+)
+
+
+def situation(speaker: str, conversation: Conversation) -> str:
+    """Where the agent is and who speaks, for the system message."""
+    name = speaker or "the user"
+    note = (PRIVATE_NOTE if conversation.private else PUBLIC_NOTE).format(name=name)
+    return f"## Where you are\nYou are talking with {name} in {conversation.describe()}. {note}"
 
 
 def _fmt(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %a")
 
 
-def system_message(agent: Agent, blocks: list[Block], stats: Stats, now: datetime) -> dict[str, Any]:
+def system_message(snapshot: Snapshot, where: str, now: datetime, public: bool = False) -> dict[str, Any]:
+    agent, stats = snapshot.agent, snapshot.stats
     local = now.astimezone(_zone(agent.timezone))
-    parts = [INSTRUCTIONS, "## Core memory"]
-    for block in blocks:
+    parts = [INSTRUCTIONS, where, "## Core memory"]
+    for block in snapshot.blocks:
         parts.append(
             f'<{block.label} purpose="{block.description}" chars="{len(block.value)}/{block.char_limit}">\n'
             f"{block.value}\n</{block.label}>"
@@ -63,10 +81,9 @@ def system_message(agent: Agent, blocks: list[Block], stats: Stats, now: datetim
         f"{stats.recall_messages} messages in recall memory; {stats.archival_passages} passages in archival "
         f"memory; memory last changed {updated}. The user's time now: {_fmt(local)} ({agent.timezone})."
     )
-    if agent.summary:
-        parts.append(
-            f"## Summary of the {agent.summary_covers} earliest messages (no longer in view)\n{agent.summary}"
-        )
+    summary, covers = agent.summary_of(public)
+    if summary:
+        parts.append(f"## Summary of the {covers} earliest messages (no longer in view)\n{summary}")
     return {"role": "system", "content": "\n\n".join(parts)}
 
 
@@ -88,10 +105,11 @@ INTERRUPTED = json.dumps({"status": "Failed", "message": "Interrupted before it 
 
 
 @lru_cache(maxsize=50_000)
-def render_message(message: Message, timezone: str, max_tokens: int) -> Rendered:
-    """One stored message in wire format, with its token count (messages never change: cached)."""
+def render_message(message: Message, timezone: str, max_tokens: int, place: str = "") -> Rendered:
+    """One stored message in wire format, with its token count (messages never change: cached).
+    `place` names the public channel it was said in, when that is not the one being answered."""
     content = _clip(message.content, max_tokens)
-    when = _local(message.created_at, timezone)
+    when = _local(message.created_at, timezone) + (f" in {place}" if place else "")
     entry: dict[str, Any]
     if message.role == "tool":
         entry = {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
@@ -106,16 +124,27 @@ def render_message(message: Message, timezone: str, max_tokens: int) -> Rendered
     return entry, count_message(entry)
 
 
-def render_queue(queue: list[Message], agent: Agent, max_tokens_each: int) -> list[Rendered]:
-    """The FIFO queue in wire format with token counts; repairs tool calls a crash left unanswered.
+def render_queue(
+    queue: list[Message],
+    agent: Agent,
+    max_tokens_each: int,
+    places: dict[int, str] | None = None,
+    here: int | None = None,
+) -> list[Rendered]:
+    """The FIFO queue in wire format with token counts; repairs tool calls a crash left unanswered
+    (a call's effect and its result are stored together, so an unanswered call did not run).
 
     The wire dicts are shared with the render cache: callers must not change them.
     """
     wire: list[Rendered] = []
     open_calls: list[str] = []
     answered: set[str] = set()
+    places = places or {}
     for message in queue:
-        entry, size = render_message(message, agent.timezone, max_tokens_each)
+        place = ""
+        if message.conversation_id is not None and message.conversation_id != here:
+            place = places.get(message.conversation_id, "")
+        entry, size = render_message(message, agent.timezone, max_tokens_each, place)
         if message.role == "tool":
             if message.tool_call_id not in open_calls or message.tool_call_id in answered:
                 continue  # its call was evicted or never stored: a lone result is invalid on the wire

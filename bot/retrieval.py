@@ -13,7 +13,8 @@ Recall search (messages) then uses what a conversation is made of:
 - speakers: messages said by someone the query names get +0.3;
 - dates: messages from days the query names ("in May 2023", "last week") get +0.2.
 
-Runs on the database thread; every storage call is scoped by the agent id.
+Runs on the database thread; every storage call is scoped by the agent id, and in a public
+conversation by `public_only` (neighbours said in private neither show nor lend their score).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ NEIGHBOUR_WEIGHTS = (0.3, 0.2, 0.1)  # for the messages 1, 2 and 3 turns away
 SPEAKER_BOOST = 0.3
 DATE_BOOST = 0.2
 
-Ranker = Callable[[Connection, int, str, int], list[tuple[int, float]]]
-Nearest = Callable[[Connection, int, bytes, int], list[tuple[int, float]]]
+Ranker = Callable[[Connection, int, str, int, bool], list[tuple[int, float]]]
+Nearest = Callable[[Connection, int, bytes, int, bool], list[tuple[int, float]]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Query:
     speakers: frozenset[str] = frozenset()  # speakers the query names
     windows: list[Window] = field(default_factory=list)  # days the query names
     zone: tzinfo = UTC  # the agent's time zone, for "which day"
+    public_only: bool = False  # answering in public: only messages said in public
 
 
 def dense_query(text: str, names: Iterable[str] = ()) -> str:
@@ -101,18 +103,30 @@ def _candidates(
     by_words: Ranker,
     nearest: Nearest,
     keep: Callable[[int], bool],
+    public_only: bool,
 ) -> dict[int, float]:
-    matches = by_words(conn, agent_id, text, depth)
+    matches = by_words(conn, agent_id, text, depth, public_only)
     by_text = {i: -score for i, score in matches if keep(i)}
-    by_meaning = {i: 1.0 - distance for i, distance in nearest(conn, agent_id, vector, depth) if keep(i)}
+    close = nearest(conn, agent_id, vector, depth, public_only)
+    by_meaning = {i: 1.0 - distance for i, distance in close if keep(i)}
     return fused(by_text, by_meaning, complete=len(matches) < depth)
 
 
-def rank_passages(conn: Connection, agent_id: int, query: str, vector: bytes, limit: int) -> list[int]:
-    """Ids of this agent's archival passages best matching `query`."""
+def rank_passages(
+    conn: Connection, agent_id: int, query: str, vector: bytes, limit: int, public_only: bool = False
+) -> list[int]:
+    """Ids of this agent's archival passages best matching `query` (only public ones if asked)."""
     depth = max(CANDIDATES, limit * 2)
     scores = _candidates(
-        conn, agent_id, query, vector, depth, passages.text_matches, passages.nearest, lambda i: True
+        conn,
+        agent_id,
+        query,
+        vector,
+        depth,
+        passages.text_matches,
+        passages.nearest,
+        lambda i: True,
+        public_only,
     )
     return _ordered(scores)[:limit]
 
@@ -128,15 +142,23 @@ def rank_messages(
     depth = max(CANDIDATES, limit * 2)
     hits = _scaled(
         _candidates(
-            conn, agent_id, query.text, query.vector, depth, messages.text_matches, messages.nearest, keep
+            conn,
+            agent_id,
+            query.text,
+            query.vector,
+            depth,
+            messages.text_matches,
+            messages.nearest,
+            keep,
+            query.public_only,
         )
     )
     if not hits:
         return []
-    found = messages.positions(conn, agent_id, list(hits))
+    found = messages.positions(conn, agent_id, list(hits), query.public_only)
     reach = len(NEIGHBOUR_WEIGHTS)
     around = {p.turn + d for p in found for d in range(-reach, reach + 1)} - {p.turn for p in found}
-    found += messages.at_turns(conn, agent_id, sorted(t for t in around if t > 0))
+    found += messages.at_turns(conn, agent_id, sorted(t for t in around if t > 0), query.public_only)
     at = {p.turn: p for p in found if keep(p.id)}
     times = {turn: from_iso(p.created_at) for turn, p in at.items()}
     score = {turn: hits.get(p.id, 0.0) for turn, p in at.items()}

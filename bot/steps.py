@@ -1,10 +1,12 @@
-"""The step loop: one event in, LLM steps with tool calls, messages out.
+"""The step loop: one stored event in, LLM steps with tool calls, messages out as they are sent.
 
-The event is on disk before the first LLM call. Each step compiles the main context, keeps it
-under the token budget (warning, then eviction), calls the model, stores what it said, runs its
-tool calls and stores their results. The loop goes on after `request_heartbeat` or a failed tool
-and stops on `send_message` or plain text (which is delivered as the reply). It never runs more
-than `max_steps` LLM calls for one event.
+Each step compiles the main context, keeps it under the token budget (warning, then eviction;
+never of the turn being answered), calls the model, stores what it said, runs its tool calls and
+stores each result in the same transaction as the call's effect. A `send_message` is in the
+outbox when its result is stored and is handed to the platform at once. The loop goes on after
+`request_heartbeat` or a failed tool and stops on `send_message` or plain text. Plain text is
+inner monologue; it reaches the person only as the fallback answer to their own message when
+nothing else was sent in the turn. It never runs more than `max_steps` LLM calls for one event.
 """
 
 from __future__ import annotations
@@ -12,17 +14,21 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.errors import ModelError
-from bot.llm import LLM, Completion
+from bot.errors import ModelError, ToolError
+from bot.events import Kind
+from bot.llm import LLM, Completion, ToolCall
 from bot.memory import AgentMemory
 from bot.pressure import Budget, flush
 from bot.prompt import render_queue, system_message
 from bot.tokens import PER_REQUEST, count_message
-from bot.tools import Registry, ToolContext
+from bot.tools import Registry, ToolContext, ToolOutcome, failed, result_text
+from storage import outbox
+from storage.db import Connection
 from storage.messages import Message
 
 log = logging.getLogger(__name__)
@@ -35,20 +41,23 @@ PRESSURE_WARNING = (
     "core_memory_append, core_memory_replace or archival_memory_insert."
 )
 
+Deliver = Callable[[list[outbox.Entry]], None]
+
 
 @dataclass
 class Turn:
     """What one event produced."""
 
-    replies: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)  # what the person was sent, in order
     steps: int = 0
     failed: bool = False
+    duplicate: bool = False  # a redelivery of a message already received: nothing was done
     prompt_tokens: list[int] = field(default_factory=list)
     activity: list[str] = field(default_factory=list)
     llm_seconds: float = 0.0
 
 
-class Agent:
+class StepLoop:
     def __init__(
         self,
         memory: AgentMemory,
@@ -56,6 +65,8 @@ class Agent:
         tools: Registry,
         budget: Budget,
         max_steps: int,
+        deliver: Deliver,
+        where: str = "",
         log_content: bool = False,
     ) -> None:
         self.memory = memory
@@ -63,26 +74,36 @@ class Agent:
         self.tools = tools
         self.budget = budget
         self.max_steps = max_steps
+        self.deliver = deliver
+        self.where = where
         self.log_content = log_content
 
     async def context(self) -> tuple[list[dict[str, Any]], int, list[Message]]:
         """The main context for the next call, its size in tokens (tool schemas included), and the
         stored queue it was rendered from."""
-        agent, blocks, stats, queue = await self.memory.snapshot()
-        system = system_message(agent, blocks, stats, datetime.now(UTC))
-        rendered = render_queue(queue, agent, self.budget.per_message)
+        snapshot = await self.memory.snapshot()
+        system = system_message(snapshot, self.where, datetime.now(UTC), self.memory.public)
+        rendered = render_queue(
+            snapshot.queue,
+            snapshot.agent,
+            self.budget.per_message,
+            snapshot.places,
+            self.memory.scope.conversation_id,
+        )
         size = PER_REQUEST + count_message(system) + sum(n for _, n in rendered) + self.tools.schema_tokens
-        return [system, *(entry for entry, _ in rendered)], size, queue
+        return [system, *(entry for entry, _ in rendered)], size, snapshot.queue
 
-    async def _fit(self, turn: Turn, harder: bool = False) -> tuple[list[dict[str, Any]], int]:
+    async def _fit(
+        self, turn: Turn, protect_from: int, harder: bool = False
+    ) -> tuple[list[dict[str, Any]], int]:
         """Compile the context, warning or evicting so that it fits the budget."""
         messages, size, queue = await self.context()
         if harder or size > self.budget.limit:
             keep = 0.2 if harder else min(0.5, 0.5 * self.budget.limit / size)
-            flushed = await flush(self.llm, self.memory, queue, self.budget, keep)
+            flushed = await flush(self.llm, self.memory, queue, self.budget, keep, protect_from)
             turn.llm_seconds += flushed.llm_seconds
             messages, size, _ = await self.context()
-        elif size > self.budget.warn_at and not self.memory.agent.pressure_warned:
+        elif size > self.budget.warn_at and not self.memory.agent.warned(self.memory.public):
             percent = round(100 * size / self.budget.window)
             await self.memory.add_message("user", "warning", PRESSURE_WARNING.format(percent=percent))
             await self.memory.set_pressure_warned(True)
@@ -96,10 +117,10 @@ class Agent:
             )
         return messages, size
 
-    async def _call(self, turn: Turn) -> tuple[Completion, int]:
+    async def _call(self, turn: Turn, protect_from: int) -> tuple[Completion, int]:
         harder = False
         for attempt in range(OVERFLOW_RETRIES + 1):
-            messages, size = await self._fit(turn, harder)
+            messages, size = await self._fit(turn, protect_from, harder)
             started = time.perf_counter()
             try:
                 return await self.llm.complete(messages, self.tools.schemas), size
@@ -116,9 +137,41 @@ class Agent:
                 turn.llm_seconds += time.perf_counter() - started
         raise AssertionError("unreachable")
 
-    async def step(self, turn: Turn, ctx: ToolContext) -> bool:
+    async def _record(self, ctx: ToolContext, call: ToolCall, outcome: ToolOutcome) -> ToolOutcome:
+        """Store the call's result, with its effect in the same transaction; hand over what it sent."""
+        memory = self.memory
+
+        def store(conn: Connection, outcome: ToolOutcome) -> ToolOutcome:
+            if outcome.effect is not None:
+                outcome = ToolOutcome(result_text("OK", outcome.effect(conn)), True, outcome.heartbeat)
+            memory.append(conn, "tool", "tool", outcome.content, tool_call_id=call.id, tool_name=call.name)
+            return outcome
+
+        ctx.call_id = call.id
+        try:
+            outcome = await memory.db.run(store, outcome)
+        except ToolError as exc:  # the effect refused (a full block, a missing label): nothing changed
+            ctx.queued.clear()
+            outcome = await memory.db.run(store, failed(str(exc)))
+        self.hand_over(ctx)
+        return outcome
+
+    def hand_over(self, ctx: ToolContext) -> None:
+        """Give what this step wrote to the outbox to the deliverer (it is on disk already)."""
+        if ctx.queued:
+            ctx.sent.extend(entry.text for entry in ctx.queued)
+            self.deliver(list(ctx.queued))
+            ctx.queued.clear()
+
+    async def notify(self, ctx: ToolContext, text: str) -> None:
+        """Send the person a message the agent did not write with send_message (a fallback
+        answer, a notice that something failed)."""
+        await self.memory.db.run(ctx.send, text)
+        self.hand_over(ctx)
+
+    async def step(self, turn: Turn, ctx: ToolContext, kind: Kind) -> bool:
         """One LLM call and its tool calls; True if the loop should go on."""
-        completion, size = await self._call(turn)
+        completion, size = await self._call(turn, ctx.turn_start_id)
         turn.steps += 1
         turn.prompt_tokens.append(size)
         calls = completion.tool_calls
@@ -135,31 +188,23 @@ class Agent:
             if self.log_content:
                 log.info("agent %s thinks: %s", self.memory.agent_id, completion.content)
         if not calls:
-            if completion.content.strip():
-                turn.replies.append(completion.content.strip())
+            if completion.content.strip() and kind is Kind.MESSAGE and not ctx.sent:
+                await self.notify(ctx, completion.content.strip())
             return False
         go_on = False
         for call in calls:
-            outcome = await self.tools.call(ctx, call.name, call.arguments)
-            await self.memory.add_message(
-                "tool", "tool", outcome.content, tool_call_id=call.id, tool_name=call.name
-            )
+            outcome = await self._record(ctx, call, await self.tools.call(ctx, call.name, call.arguments))
             log.info("agent %s tool %s ok=%s", self.memory.agent_id, call.name, outcome.ok)
             turn.activity.append(f"{call.name}({call.arguments}) -> {outcome.content}")
             go_on = go_on or outcome.heartbeat or not outcome.ok
-        turn.replies.extend(ctx.outbox)
-        ctx.outbox.clear()
         return go_on
 
-    async def handle(self, kind: str, text: str) -> Turn:
-        """Store the event, then step until the agent is done. Never raises for a model failure."""
-        started = time.perf_counter()
-        event = await self.memory.add_message("user", kind, text, search_text=text if kind == "user" else "")
-        turn = Turn()
-        ctx = ToolContext(memory=self.memory, turn_start_id=event.id)
+    async def run(self, turn: Turn, ctx: ToolContext, kind: Kind) -> Turn:
+        """Step until the agent is done (the event is stored already). A model failure ends the
+        turn with a short message to the person, if the event was theirs; other errors raise."""
         try:
             while turn.steps < self.max_steps:
-                if not await self.step(turn, ctx):
+                if not await self.step(turn, ctx, kind):
                     break
             else:
                 log.warning(
@@ -170,21 +215,15 @@ class Agent:
                 await self.memory.add_message(
                     "user", "notice", f"Step cap of {self.max_steps} reached; the chain was stopped."
                 )
-                if kind == "user":
-                    turn.replies.append(STEP_CAP_REPLY)
+                if kind is Kind.MESSAGE:
+                    await self.notify(ctx, STEP_CAP_REPLY)
         except ModelError as exc:
             log.error("agent %s: turn failed: %s", self.memory.agent_id, exc)
             turn.failed = True
-            turn.replies.extend(ctx.outbox)
-            if kind == "user":
-                turn.replies.append(exc.user_message)
-        log.info(
-            "agent %s: %s handled in %d steps, %.0f ms",
-            self.memory.agent_id,
-            kind,
-            turn.steps,
-            (time.perf_counter() - started) * 1000,
-        )
+            if kind is Kind.MESSAGE:
+                await self.notify(ctx, exc.user_message)
+        finally:
+            turn.replies = list(ctx.sent)
         return turn
 
 

@@ -5,6 +5,11 @@ docstring's first paragraph; argument descriptions come from its `Args:` section
 from the signature through pydantic, which also validates (and leniently coerces: "3" -> 3) the
 model's arguments before the call. Every tool but `send_message` also takes `request_heartbeat`.
 A `ToolError` (or a validation failure) goes back to the model as a failed result.
+
+A tool that changes memory returns an `Effect` instead of its result text: a function of the
+database connection that makes the change and returns the text. The step loop runs it in the
+same transaction that stores the call's result, so a crash can never leave a change without its
+result (or a "Sent." without its message in the outbox).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from bot.errors import ToolError
+from bot.errors import ModelError, ToolError
 from bot.tokens import count_tools
+from storage import outbox
+from storage.db import Connection
 
 if TYPE_CHECKING:
     from bot.memory import AgentMemory
@@ -27,16 +34,47 @@ if TYPE_CHECKING:
 MAX_RESULT_CHARS = 1000
 HEARTBEAT_DOC = "Set true to get another step right after this result (to chain tools); else false."
 
-ToolFunction = Callable[..., Awaitable[str]]
+Effect = Callable[[Connection], str]
+ToolFunction = Callable[..., Awaitable[str | Effect]]
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where the turn's messages go: the conversation's id and platform, the person's platform
+    user id, and the platform message being answered."""
+
+    conversation_id: int
+    platform: str
+    recipient: str = ""
+    reply_to: str = ""
 
 
 @dataclass
 class ToolContext:
-    """What a tool may touch: this agent's memory and the turn's outbox."""
+    """What a tool may touch: this agent's memory and the turn's conversation."""
 
     memory: AgentMemory
-    outbox: list[str] = field(default_factory=list)
+    address: Address
     turn_start_id: int = 0
+    call_id: str = ""
+    sent: list[str] = field(default_factory=list)  # what the person was sent in this turn
+    queued: list[outbox.Entry] = field(default_factory=list)  # outbox rows written, to hand over
+
+    def send(self, conn: Connection, text: str) -> outbox.Entry:
+        """Write `text` to the outbox for this conversation (inside the caller's transaction)."""
+        a = self.address
+        entry = outbox.add(
+            conn,
+            self.memory.agent_id,
+            a.conversation_id,
+            a.platform,
+            text,
+            a.recipient,
+            a.reply_to,
+            self.call_id or None,
+        )
+        self.queued.append(entry)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -44,6 +82,7 @@ class ToolOutcome:
     content: str
     ok: bool
     heartbeat: bool
+    effect: Effect | None = None  # a change to run with the result (content is then empty)
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -99,8 +138,16 @@ class Tool:
             heartbeat = bool(values.pop("request_heartbeat", False))
             result = await self.function(ctx, **values)
         except ToolError as exc:
-            return ToolOutcome(_result("Failed", str(exc)), ok=False, heartbeat=True)
-        return ToolOutcome(_result("OK", result), ok=True, heartbeat=heartbeat)
+            return failed(str(exc))
+        except ModelError as exc:  # the embedder, for a search or an insert
+            return failed(f"{self.name} could not run: {exc}. Try again later, or go on without it.")
+        if callable(result):
+            return ToolOutcome("", ok=True, heartbeat=heartbeat, effect=result)
+        return ToolOutcome(result_text("OK", result), ok=True, heartbeat=heartbeat)
+
+
+def failed(message: str) -> ToolOutcome:
+    return ToolOutcome(result_text("Failed", message), ok=False, heartbeat=True)
 
 
 def _decode(name: str, raw: str) -> dict[str, Any]:
@@ -119,7 +166,7 @@ def _decode(name: str, raw: str) -> dict[str, Any]:
     return value
 
 
-def _result(status: str, message: str) -> str:
+def result_text(status: str, message: str) -> str:
     if len(message) > MAX_RESULT_CHARS and status == "Failed":
         message = message[:MAX_RESULT_CHARS] + "…"
     return json.dumps({"status": status, "message": message}, ensure_ascii=False)
@@ -153,9 +200,5 @@ class Registry:
         found = self.tools.get(name)
         if found is None:
             known = ", ".join(self.tools)
-            return ToolOutcome(
-                _result("Failed", f"There is no tool named {name!r}. The tools are: {known}."),
-                ok=False,
-                heartbeat=True,
-            )
+            return failed(f"There is no tool named {name!r}. The tools are: {known}.")
         return await found.call(ctx, raw)

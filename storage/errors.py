@@ -1,8 +1,14 @@
-"""Errors raised by the storage layer. Each message names the fix."""
+"""Errors raised by the storage layer. Each message names the fix.
+
+Every `StorageError` also carries `user_message`: a short, truthful sentence for the person in
+the chat (their message was not kept, and why in plain words); the full message is for the log.
+"""
 
 
 class StorageError(Exception):
     """The database could not do what was asked (locked, unreadable, too new, ...)."""
+
+    user_message = "I couldn't reach my memory just now, so I didn't keep that message. Please send it again."
 
 
 class BlockLimitError(StorageError):
@@ -19,3 +25,36 @@ class EmbeddingMismatchError(StorageError):
 
 class AgentNotFoundError(StorageError):
     """No agent with that id (never created, or forgotten)."""
+
+
+class DatabaseLockedError(StorageError):
+    """Another process still held the write lock after MEMBOT_DB_LOCK_WAIT seconds."""
+
+    user_message = (
+        "My memory has been busy with other work for a while, so I couldn't keep your message. "
+        "Please send it again in a few minutes."
+    )
+
+
+class ReadOnlyDatabaseError(StorageError):
+    """The database file, its folder or its filesystem cannot be written."""
+
+    user_message = (
+        "I couldn't keep your message: my storage is read-only, and the bot's owner has to fix that. "
+        "Please try again later."
+    )
+
+
+class DiskFullError(StorageError):
+    """The disk (or a quota, or PRAGMA max_page_count) has no room for the write."""
+
+    user_message = (
+        "I couldn't keep your message: my storage is full, and the bot's owner has to free some space. "
+        "Please try again later."
+    )
+
+
+class DatabasePathError(StorageError):
+    """MEMBOT_DB names a file that cannot be created or opened (a parent is a file, no permission)."""
+
+    user_message = "I couldn't open my memory; the bot's owner has to fix where it is kept."

@@ -332,7 +332,6 @@ def m007_conversations(conn: Connection) -> None:
     - `messages.source_key`: the platform's message key, unique, so a redelivery is dropped.
     - `inbox`: events received and not yet answered (`message_id` set once stored in messages).
     - `outbox`: messages for the platforms, with their delivery state.
-    - `tool_effects`: what a tool call did, written with its effect, dropped with its result.
     - `unembedded`: messages stored while the embedder failed, embedded later.
     """
     _execute_all(
@@ -414,12 +413,6 @@ def m007_conversations(conn: Connection) -> None:
         );
         CREATE INDEX outbox_pending ON outbox (platform, id) WHERE state = 'pending';
         CREATE INDEX outbox_by_agent ON outbox (agent_id, id);
-        CREATE TABLE tool_effects (
-            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
-            tool_call_id TEXT NOT NULL,
-            effect TEXT NOT NULL,
-            PRIMARY KEY (agent_id, tool_call_id)
-        ) WITHOUT ROWID;
         CREATE TABLE unembedded (
             message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
             agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE

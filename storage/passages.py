@@ -63,7 +63,7 @@ def get_many(conn: Connection, agent_id: int, ids: list[int], public_only: bool 
         f"WHERE agent_id = ? AND id IN ({marks}){scope}",
         (agent_id, *ids),
     )
-    found = {row[0]: Passage(*row[:4], bool(row[4])) for row in rows}
+    found = {row[0]: Passage(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows}
     return [found[i] for i in ids if i in found]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bot.runtime import Incoming
+from bot.events import Event
 from bot.tokens import encoding
 from storage import messages
 from tests.fake_openai import Answer, call, last_message, last_user_text, say
@@ -45,9 +45,9 @@ def chatty(request: dict[str, Any]) -> Answer:
 async def test_two_hundred_turns_in_a_4000_token_window(fake_server, runtime_for):
     fake = fake_server(chatty)
     runtime = await runtime_for(fake, MEMBOT_CONTEXT_WINDOW=str(WINDOW))
-    await runtime.handle(Incoming("terminal", "ivy", "My secret words are zebrafish kumquat."))
+    await runtime.handle(Event.direct("terminal", "ivy", "My secret words are zebrafish kumquat."))
     for i in range(200):
-        turn = await runtime.handle(Incoming("terminal", "ivy", f"turn {i}: {FILLER}"))
+        turn = await runtime.handle(Event.direct("terminal", "ivy", f"turn {i}: {FILLER}"))
         assert not turn.failed, turn.replies
     sizes = [o200k_size(r) for r in fake.requests]
     assert max(sizes) <= WINDOW, max(sizes)
@@ -71,7 +71,7 @@ async def test_two_hundred_turns_in_a_4000_token_window(fake_server, runtime_for
     in_view = await runtime.db.run(messages.in_context, agent.id)
     assert everything > 600 and len(in_view) < 100
 
-    turn = await runtime.handle(Incoming("terminal", "ivy", "what was the first thing I told you?"))
+    turn = await runtime.handle(Event.direct("terminal", "ivy", "what was the first thing I told you?"))
     assert len(turn.replies) == 1
     assert "My secret words are zebrafish kumquat." in turn.replies[0]
 
@@ -85,7 +85,7 @@ async def test_summariser_failure_still_evicts_and_the_turn_goes_on(fake_server,
     fake = fake_server(script)
     runtime = await runtime_for(fake, MEMBOT_CONTEXT_WINDOW=str(WINDOW))
     for i in range(60):
-        turn = await runtime.handle(Incoming("terminal", "jon", f"message {i} {FILLER}"))
+        turn = await runtime.handle(Event.direct("terminal", "jon", f"message {i} {FILLER}"))
         assert not turn.failed
     assert any(not r.get("tools") for r in fake.requests)
     assert max(o200k_size(r) for r in fake.requests) <= WINDOW
@@ -111,7 +111,7 @@ async def test_provider_overflow_error_flushes_harder_and_retries(fake_server, r
     fake = fake_server(script)
     runtime = await runtime_for(fake)
     for i in range(6):
-        await runtime.handle(Incoming("terminal", "kim", f"note {i}"))
+        await runtime.handle(Event.direct("terminal", "kim", f"note {i}"))
     assert state["refused"] == 1
     agent = await runtime.agent_for("terminal", "kim")
     assert agent.summary_covers > 0
@@ -124,7 +124,7 @@ async def test_huge_message_is_kept_whole_on_disk_and_cut_in_context(fake_server
     fake = fake_server()
     runtime = await runtime_for(fake, MEMBOT_CONTEXT_WINDOW=str(WINDOW))
     huge = "lorem ipsum dolor " * 6000  # ~100 kB
-    turn = await runtime.handle(Incoming("terminal", "lee", huge))
+    turn = await runtime.handle(Event.direct("terminal", "lee", huge))
     assert not turn.failed and turn.replies
     assert max(o200k_size(r) for r in fake.requests) <= WINDOW
     agent = await runtime.agent_for("terminal", "lee")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import EmbeddingMismatchError
+from bot.events import Event
 from bot.reembed import reembed
-from bot.runtime import Incoming, Runtime
+from bot.runtime import Runtime
 from storage import vectors
 from tests.conftest import make_settings
 from tests.fake_openai import call
@@ -16,7 +17,7 @@ async def test_switch_to_openai_embeddings(fake_server, runtime_for, tmp_path):
     answers = [call("archival_memory_insert", content="The user's cat is named Miso")]
     fake = fake_server(lambda request: answers.pop(0) if answers else call("send_message", message="ok"))
     runtime = await runtime_for(fake)
-    await runtime.handle(Incoming("terminal", "ola", "my cat is Miso"))
+    await runtime.handle(Event.direct("terminal", "ola", "my cat is Miso"))
     await runtime.close()
 
     settings = make_settings(tmp_path, fake, MEMBOT_EMBEDDER="openai:fake-embed")

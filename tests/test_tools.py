@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from bot.runtime import Incoming
+from bot.events import Event
 from storage import blocks, passages
 from tests.fake_openai import Answer, call, last_message, say
 
@@ -33,7 +33,7 @@ def tool_results(request: dict[str, Any]) -> list[dict[str, Any]]:
 async def run(fake_server, runtime_for, user: str, answers: Iterable[Answer], text: str = "go", **env: str):
     fake = fake_server(steps(*answers))
     runtime = await runtime_for(fake, **env)
-    turn = await runtime.handle(Incoming("terminal", user, text, user_name=user))
+    turn = await runtime.handle(Event.direct("terminal", user, text, name=user))
     return fake, runtime, turn
 
 
@@ -131,9 +131,9 @@ async def test_conversation_search_finds_past_messages_not_the_current_one(fake_
     fake = fake_server(steps())
     runtime = await runtime_for(fake)
     for text in ["I adopted a greyhound called Pixel", "Work was busy today", "Lunch was soup"]:
-        await runtime.handle(Incoming("terminal", "eve", text))
+        await runtime.handle(Event.direct("terminal", "eve", text))
     fake.script = steps(call("conversation_search", query="greyhound", request_heartbeat=True))
-    turn = await runtime.handle(Incoming("terminal", "eve", "what dog greyhound did I adopt?"))
+    turn = await runtime.handle(Event.direct("terminal", "eve", "what dog greyhound did I adopt?"))
     result = tool_results(fake.requests[-1])[-1]["message"]
     lines = result.split("\n")
     assert "user: I adopted a greyhound called Pixel" in lines[1]
@@ -144,7 +144,7 @@ async def test_conversation_search_finds_past_messages_not_the_current_one(fake_
 async def test_conversation_search_date_in_the_users_zone(fake_server, runtime_for):
     fake = fake_server(steps())
     runtime = await runtime_for(fake, MEMBOT_TIMEZONE="Pacific/Auckland")
-    await runtime.handle(Incoming("terminal", "fin", "today I planted tomatoes"))
+    await runtime.handle(Event.direct("terminal", "fin", "today I planted tomatoes"))
     agent = await runtime.agent_for("terminal", "fin")
     memory = runtime.memory(agent)
     today = memory.local(__import__("datetime").datetime.now(__import__("datetime").UTC)).date().isoformat()
@@ -155,7 +155,7 @@ async def test_conversation_search_date_in_the_users_zone(fake_server, runtime_f
         ),
         call("conversation_search_date", start_date="yesterday", end_date=today),
     )
-    await runtime.handle(Incoming("terminal", "fin", "what did I do today?"))
+    await runtime.handle(Event.direct("terminal", "fin", "what did I do today?"))
     results = tool_results(fake.requests[-1])
     assert "planted tomatoes" in results[-3]["message"]
     assert results[-3]["message"].startswith("Showing messages 1-")

@@ -136,7 +136,10 @@ def test_another_connection_writing_the_file_invalidates_the_cache(tmp_path: Pat
 
     other = connect(path)  # a second bot, or `membot reembed`, on the same file
     other.execute("BEGIN")
-    other.execute(f"INSERT INTO {TABLE} (rowid, agent_id, embedding) VALUES (9999, 1, ?)", (query.tobytes(),))
+    other.execute(
+        f"INSERT INTO {TABLE} (rowid, agent_id, private, embedding) VALUES (9999, 1, 1, ?)",
+        (query.tobytes(),),
+    )
     gone = ids[::3]  # leaves holes in every chunk's validity bitmap
     other.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", [(i,) for i in gone])
     other.execute("COMMIT")

@@ -23,8 +23,9 @@ from typing import Any, TextIO
 from bot.embedding import Embedder
 from bot.evaluation.locomo import CATEGORIES, Conversation, Question
 from bot.evaluation.recall import MAIN, ingest
+from bot.events import Event
 from bot.llm import LLM
-from bot.runtime import Incoming, Runtime, open_database
+from bot.runtime import Runtime, open_database
 from bot.settings import Settings
 from storage.db import Database
 
@@ -93,7 +94,7 @@ async def _ask(
     db = await open_database(str(path), embedder.name, embedder.dim)
     try:
         turn = await _runtime(settings, path, db, embedder, llm).handle(
-            Incoming("locomo", conversation.sample_id, question.text, conversation.speaker_a)
+            Event.direct("locomo", conversation.sample_id, question.text, conversation.speaker_a)
         )
     finally:
         db.close()

@@ -1,0 +1,207 @@
+"""Delivery: the outbox's messages handed to the platforms' senders, in order, at least once.
+
+An agent's message is in the outbox (storage/outbox.py) before anything is sent. `dispatch`
+hands it to the sender its platform registered, at once; each conversation has one worker, so
+its messages arrive in the order they were written. A send that fails is retried with backoff,
+then marked failed with its cause; a `DeliveryError(permanent=True)` (no access, DMs closed) is
+marked failed at once and logged. Messages for a platform with no sender in this process stay
+pending and go out when one registers (`register` sends what is pending). What is marked sent is
+never sent again; a crash between the platform taking a message and our mark can repeat it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from bot.events import Conversation, DeliveryError, Outgoing, Sender
+from storage import conversations, outbox
+from storage.db import Database
+from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)  # seconds before each retry; then the message is marked failed
+
+
+@dataclass(frozen=True)
+class _Registered:
+    sender: Sender
+    channels: frozenset[str] | None  # only these channel ids (None: every channel of the platform)
+
+
+def conversation_of(row: conversations.Row) -> Conversation:
+    return Conversation(row.platform, row.channel_id, row.private, row.thread_id, row.name, row.place)
+
+
+class Delivery:
+    def __init__(self, db: Database, log_content: bool = False, backoff: Iterable[float] = BACKOFF) -> None:
+        self.db = db
+        self.log_content = log_content
+        self.backoff = tuple(backoff)
+        self._senders: dict[str, _Registered] = {}
+        self._queues: dict[int, deque[outbox.Entry]] = {}
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._queued: set[int] = set()
+        self._places: dict[int, Conversation] = {}
+
+    def register(
+        self, platform: str, sender: Sender, channels: Collection[str] | None = None
+    ) -> asyncio.Task[int]:
+        """Deliver `platform`'s messages through `sender` from now on (only to `channels`, if
+        given); what is pending for it is sent now. Returns the task sending the pending ones."""
+        self._senders[platform] = _Registered(sender, frozenset(channels) if channels is not None else None)
+        return asyncio.create_task(self.send_pending(platform))
+
+    def unregister(self, platform: str) -> None:
+        self._senders.pop(platform, None)
+
+    async def send_pending(self, platform: str) -> int:
+        """Hand over every pending message of `platform`; how many were handed over."""
+        try:
+            entries = await self.db.run(outbox.pending, platform)
+        except StorageError as exc:
+            log.error("cannot read the outbox for %s: %s", platform, exc)
+            return 0
+        self.dispatch(entries)
+        return len(entries)
+
+    def dispatch(self, entries: list[outbox.Entry]) -> None:
+        """Start delivering these outbox entries (already on disk), each conversation in order."""
+        for entry in entries:
+            if entry.id in self._queued or entry.platform not in self._senders:
+                continue
+            self._queued.add(entry.id)
+            self._queues.setdefault(entry.conversation_id, deque()).append(entry)
+            if entry.conversation_id not in self._workers:
+                task = asyncio.create_task(self._work(entry.conversation_id))
+                self._workers[entry.conversation_id] = task
+
+    async def _work(self, conversation_id: int) -> None:
+        queue = self._queues[conversation_id]
+        try:
+            while queue:
+                entry = queue[0]
+                try:
+                    await self._deliver(entry)
+                except StorageError as exc:
+                    log.error("outbox %d: cannot record the delivery: %s", entry.id, exc)
+                finally:
+                    queue.popleft()
+                    self._queued.discard(entry.id)
+        finally:
+            del self._workers[conversation_id]
+            if not queue:
+                del self._queues[conversation_id]
+
+    async def _conversation(self, conversation_id: int) -> Conversation | None:
+        found = self._places.get(conversation_id)
+        if found is None:
+            row = await self.db.run(conversations.get, conversation_id)
+            if row is None:
+                return None
+            found = self._places[conversation_id] = conversation_of(row)
+        return found
+
+    async def _deliver(self, entry: outbox.Entry) -> None:
+        registered = self._senders.get(entry.platform)
+        conversation = await self._conversation(entry.conversation_id)
+        if registered is None or conversation is None:
+            return  # stays pending
+        if registered.channels is not None and conversation.channel_id not in registered.channels:
+            return  # another process of this platform owns it; it stays pending
+        message = Outgoing(
+            entry.id,
+            entry.agent_id,
+            conversation,
+            entry.text,
+            entry.recipient,
+            entry.reply_to,
+            entry.attempts,
+        )
+        for attempt, pause in enumerate((*self.backoff, None)):
+            try:
+                await registered.sender.send(message)
+            except DeliveryError as exc:
+                cause, permanent = str(exc), exc.permanent
+            except Exception as exc:  # a sender bug must not stop delivery to everyone else
+                log.exception("outbox %d: the %s sender failed", entry.id, entry.platform)
+                cause, permanent = f"{type(exc).__name__}: {exc}", False
+            else:
+                await self.db.run(outbox.mark_sent, entry.agent_id, entry.id)
+                log.info("outbox %d: delivered to %s (agent %d)", entry.id, entry.platform, entry.agent_id)
+                if self.log_content:
+                    log.info("outbox %d text: %s", entry.id, entry.text)
+                return
+            final = permanent or pause is None
+            await self.db.run(outbox.mark_attempt, entry.agent_id, entry.id, cause, final)
+            if final:
+                log.error(
+                    "outbox %d: not delivered to %s after %d attempts (%s): %s",
+                    entry.id,
+                    entry.platform,
+                    attempt + 1,
+                    "permanent" if permanent else "gave up",
+                    cause,
+                )
+                return
+            log.warning("outbox %d: send failed (%s); retrying in %.0f s", entry.id, cause, pause or 0)
+            await asyncio.sleep(pause or 0)
+
+    async def send_now(self, conversation: Conversation, recipient: str, text: str) -> None:
+        """Send without the outbox: only for telling a person that their message could not be
+        stored (the database itself is failing). Best effort; a failure is logged."""
+        registered = self._senders.get(conversation.platform)
+        if registered is None:
+            return
+        try:
+            await registered.sender.send(Outgoing(0, 0, conversation, text, recipient))
+        except Exception as exc:
+            log.error(
+                "could not tell %s user %s that their message was lost: %s",
+                conversation.platform,
+                recipient,
+                exc,
+            )
+
+    async def turn_started(self, conversation: Conversation) -> None:
+        await self._signal(conversation, started=True)
+
+    async def turn_ended(self, conversation: Conversation) -> None:
+        await self._signal(conversation, started=False)
+
+    async def _signal(self, conversation: Conversation, started: bool) -> None:
+        registered = self._senders.get(conversation.platform)
+        if registered is None:
+            return
+        try:
+            if started:
+                await registered.sender.turn_started(conversation)
+            else:
+                await registered.sender.turn_ended(conversation)
+        except Exception:
+            log.exception("the %s sender's turn signal failed", conversation.platform)
+
+    async def idle(self, seconds: float | None = None) -> bool:
+        """Wait until every handed-over message is delivered or given up; False after `seconds`."""
+        waiting = list(self._workers.values())
+        if not waiting:
+            return True
+        _, pending = await asyncio.wait(waiting, timeout=seconds)
+        return not pending
+
+    async def close(self, seconds: float = 5.0) -> None:
+        """Let deliveries under way finish for up to `seconds`; the rest stays pending on disk."""
+        if not await self.idle(seconds):
+            log.warning(
+                "stopping with %d conversations still delivering; their messages stay pending",
+                len(self._workers),
+            )
+        for task in list(self._workers.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
