@@ -88,6 +88,7 @@ class FakeOpenAI:
         self.script = script
         self.requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
+        self.embedding_status = 200  # set to e.g. 503 to make /embeddings fail
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -108,6 +109,9 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(length) or b"{}")
                 if self.path.endswith("/embeddings"):
                     fake.embedding_requests.append(request)
+                    if fake.embedding_status != 200:
+                        self._send(fake.embedding_status, Answer(status=fake.embedding_status).body())
+                        return
                     inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
                     data = [
                         {"object": "embedding", "index": i, "embedding": hash_embedding(t)}
