@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.events import Conversation, DeliveryError, Event, Kind, Outgoing, Person
@@ -48,3 +50,12 @@ def dm(user: str, text: str, message_id: str = "", kind: Kind = Kind.MESSAGE) ->
 
 def public(user: str, text: str, message_id: str = "") -> Event:
     return Event(Person("chat", user, user.title()), CHANNEL, text, Kind.MESSAGE, message_id)
+
+
+async def eventually(condition: Callable[[], object], seconds: float = 10.0) -> None:
+    """Wait until `condition()` is true (a background task reached a point), at most `seconds`."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"still not true after {seconds} s")

@@ -14,7 +14,7 @@ from typing import Any
 from bot.events import Event, Kind
 from storage import identities, inbox, messages, outbox
 from tests.fake_openai import Answer, call, last_message, last_user_text, say
-from tests.platform import CHANNEL, RecordingPlatform, dm, public
+from tests.platform import CHANNEL, RecordingPlatform, dm, eventually, public
 
 SECRET = "XYZZYPLUGH"
 FILLER = " ".join(f"filler{i} words about the weather and other small talk" for i in range(40))
@@ -27,7 +27,9 @@ def is_public(request: dict[str, Any]) -> bool:
 def summariser(request: dict[str, Any]) -> Answer:
     """Keeps every line that names the secret, so a secret in the input would show in the summary."""
     lines = request["messages"][-1]["content"].splitlines()
-    return Answer(content="Summary: " + " ".join(line[:200] for line in lines if SECRET in line or "teal" in line))
+    return Answer(
+        content="Summary: " + " ".join(line[:200] for line in lines if SECRET in line or "teal" in line)
+    )
 
 
 def privacy_model(request: dict[str, Any]) -> Answer:
@@ -98,7 +100,9 @@ async def test_nothing_said_in_private_reaches_the_model_in_public(fake_server, 
     private_system = next(r for r in fake.requests[seen:] if r.get("tools"))["messages"][0]["content"]
     assert "Favourite colour: teal" in private_system  # learned in public, known in private too
     private_results = [m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "tool"][-3:]
-    assert SECRET in private_results[0] and SECRET in private_results[1]  # archival search finds it in private
+    assert (
+        SECRET in private_results[0] and SECRET in private_results[1]
+    )  # archival search finds it in private
 
 
 async def test_the_model_is_told_where_it_is_and_who_speaks(fake_server, runtime_for):
@@ -174,8 +178,7 @@ async def test_a_message_waiting_for_its_agent_is_already_on_disk(fake_server, r
     runtime = await runtime_for(fake)
     runtime.register_sender("chat", RecordingPlatform())
     slow = asyncio.create_task(runtime.handle(dm("fay", "first")))
-    while not fake.requests:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: fake.requests)
     waiting = asyncio.create_task(runtime.handle(dm("fay", "second, sent while you think")))
     await asyncio.sleep(0.1)
     items = await runtime.db.run(inbox.waiting)
