@@ -115,6 +115,7 @@ class AgentMemory:
         self.agent = agent
         self.scope = scope or Scope()
         self._speakers: list[str] | None = None
+        self.missed_vectors = False  # a message was stored without its vector (the embedder failed)
 
     @property
     def public(self) -> bool:
@@ -166,6 +167,7 @@ class AgentMemory:
             try:
                 vector = await self.vector(search_text)
             except ModelError as exc:
+                self.missed_vectors = True
                 log.warning(
                     "agent %s: embedder failed (%s); storing the message without its vector",
                     self.agent_id,

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.delivery import Delivery
 from bot.embedding import Embedder, make_embedder
-from bot.errors import InvalidInput, MembotError
+from bot.errors import InvalidInput, MembotError, ModelError
 from bot.events import Event, Kind, Sender, event_from_json, event_to_json
 from bot.llm import LLM
 from bot.locks import AgentLocks
@@ -46,6 +46,7 @@ BLOCKS = (
     ("human", "What you know about the user: name, preferences, people, plans."),
 )
 UNREACHABLE = "Something went wrong on my side. Your message is saved; please try again in a moment."
+STORE_FAILED_SAVED = "My memory store failed while I was answering, so I stopped. Your message is saved; please try again later."
 NOT_STORED = "I couldn't save your message just now (my memory store is unavailable). Please send it again in a moment."
 TOO_LONG = "That took me too long, so I stopped. Your message is saved; please ask again in a moment."
 
@@ -71,6 +72,7 @@ class Runtime:
         self.delivery = Delivery(db, settings.log_content)
         self.locks = AgentLocks()
         self._current: dict[int, ToolContext] = {}  # inbox item -> its turn's context, while it runs
+        self._unembedded: set[int] = set()  # agents with messages waiting for a vector
 
     @classmethod
     async def start(
@@ -79,7 +81,9 @@ class Runtime:
         """Open and migrate the database, load the embedder, check it matches the stored vectors."""
         embedder = embedder or await make_embedder(settings)
         db = await open_database(settings.db, embedder.name, embedder.dim)
-        return cls(settings, db, embedder, llm or LLM(settings))
+        runtime = cls(settings, db, embedder, llm or LLM(settings))
+        runtime._unembedded = set(await db.run(messages.agents_unembedded))
+        return runtime
 
     async def close(self) -> None:
         await self.delivery.close()
@@ -190,7 +194,7 @@ class Runtime:
                     log.error("agent %s: turn failed: %s", received.agent_id, exc)
                 else:
                     log.exception("agent %s: unexpected error in a turn", received.agent_id)
-                await self._notice(turn, received, event, getattr(exc, "user_message", UNREACHABLE))
+                await self._notice(turn, received, event, _failure_text(exc, turn.stored))
             finally:
                 await self.delivery.turn_ended(event.conversation)
             try:
@@ -207,6 +211,7 @@ class Runtime:
         record = await self.db.run(agents.get, received.agent_id)
         memory = self.memory(record, Scope(received.conversation_id, event.conversation.private))
         stored = await self._store_event(memory, received, event)
+        turn.stored = True
         person = event.person
         ctx = ToolContext(
             memory,
@@ -228,8 +233,22 @@ class Runtime:
             await loop.run(turn, ctx, event.kind)
         finally:
             del self._current[received.item_id]
-        if await memory.embed_missing():
-            log.info("agent %s: embedded messages stored while the embedder was failing", memory.agent_id)
+        if memory.missed_vectors or received.agent_id in self._unembedded:
+            await self._embed_missing(memory)
+
+    async def _embed_missing(self, memory: AgentMemory) -> None:
+        """Give vectors to messages stored while the embedder failed (now, if it works again)."""
+        try:
+            done = await memory.embed_missing()
+        except MembotError as exc:
+            self._unembedded.add(memory.agent_id)
+            log.warning("agent %s: messages still wait for their vectors: %s", memory.agent_id, exc)
+            return
+        self._unembedded.discard(memory.agent_id)
+        if done:
+            log.info(
+                "agent %s: embedded %d messages stored while the embedder was failing", memory.agent_id, done
+            )
 
     async def _store_event(self, memory: AgentMemory, received: Received, event: Event) -> Message:
         """The event as a message in the agent's memory (once: a replay after a crash reuses it),
@@ -300,6 +319,15 @@ class Runtime:
             log.info("answering %d messages left unanswered by the last run", len(answering))
         await asyncio.gather(*answering)
         return len(answering)
+
+
+def _failure_text(exc: BaseException, stored: bool) -> str:
+    """What to tell a person whose turn failed: the truth about their message."""
+    if isinstance(exc, ModelError):
+        return exc.user_message
+    if not stored:
+        return getattr(exc, "user_message", NOT_STORED)
+    return STORE_FAILED_SAVED if isinstance(exc, StorageError) else UNREACHABLE
 
 
 def _finish(conn: Connection, agent_id: int, item_id: int) -> None:

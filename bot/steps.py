@@ -52,6 +52,7 @@ class Turn:
     steps: int = 0
     failed: bool = False
     duplicate: bool = False  # a redelivery of a message already received: nothing was done
+    stored: bool = False  # the event is in the agent's recall memory
     prompt_tokens: list[int] = field(default_factory=list)
     activity: list[str] = field(default_factory=list)
     llm_seconds: float = 0.0

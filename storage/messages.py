@@ -308,3 +308,8 @@ def put_vectors(conn: Connection, agent_id: int, rows: list[tuple[int, bytes, bo
     for message_id, vector, private in rows:
         vectors.put(conn, "messages_vec", agent_id, message_id, vector, private)
         conn.execute("DELETE FROM unembedded WHERE message_id = ? AND agent_id = ?", (message_id, agent_id))
+
+
+def agents_unembedded(conn: Connection) -> list[int]:
+    """The agents with messages waiting for a vector (at start-up; reads ids only)."""
+    return [int(row[0]) for row in conn.execute("SELECT DISTINCT agent_id FROM unembedded")]
