@@ -20,7 +20,7 @@ from bot import dates, retrieval
 from bot.embedding import Embedder, to_blob
 from bot.errors import ModelError
 from bot.tokens import truncate
-from storage import agents, blocks, conversations, messages, passages
+from storage import agents, blocks, conversations, lifecycle, messages, passages
 from storage.agents import Agent
 from storage.blocks import PRIVATE, PUBLIC, Block
 from storage.clock import to_iso
@@ -238,7 +238,7 @@ class AgentMemory:
         vectors = await self.embedder.embed([truncate(item.text, EMBED_MAX_TOKENS) for item in items])
 
         def store(conn: Connection) -> list[Message]:
-            return [
+            stored = [
                 self.append(
                     conn,
                     item.role,
@@ -252,6 +252,9 @@ class AgentMemory:
                 )
                 for item, vector in zip(items, vectors, strict=True)
             ]
+            if lifecycle.renumber_turns(conn, self.agent_id):  # older than what was there: in time order
+                lifecycle.rebuild_context(conn, self.agent_id)
+            return messages.get_many(conn, self.agent_id, [m.id for m in stored])
 
         stored = await self.db.run(store)
         self._speakers = None

@@ -8,7 +8,9 @@ into a normalised float32 matrix; later queries are a matrix-vector product and 
 connection (never shared between database files), and it is dropped or corrected whenever they
 change:
 
-- `vectors.put` appends to a loaded matrix; `vectors.create_tables` (re-embedding) clears it all;
+- `vectors.put` appends to a loaded matrix and `vectors.delete` takes rows out of it;
+  `vectors.delete_all` (an agent deleted or moved) forgets that agent; `vectors.create_tables`
+  (re-embedding) clears it all;
 - a transaction that rolls back drops every agent it wrote to or loaded;
 - another connection's commit (a second bot, `membot reembed`) changes `PRAGMA data_version`,
   which is checked before every query, and clears it all;
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +157,25 @@ class VectorCache:
         elif key in self._counts:
             self._touched.add(key)
             self._counts[key] += 1
+
+    def removed(self, table: str, agent_id: int, rowids: Collection[int]) -> None:
+        """`vectors.delete` deleted these rows of this agent (in the open transaction)."""
+        key = (table, agent_id)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._touched.add(key)
+            gone = np.fromiter(rowids, dtype=np.int64, count=len(rowids))
+            keep = ~np.isin(entry.ids[: entry.size], gone)
+            size = int(keep.sum())
+            entry.ids[:size] = entry.ids[: entry.size][keep]
+            entry.matrix[:size] = entry.matrix[: entry.size][keep]
+            entry.size = size
+        self._counts.pop(key, None)  # counted again when next needed
+
+    def invalidate(self, table: str, agent_id: int) -> None:
+        """Forget this agent's rows of `table` (moved or deleted wholesale); read again when needed."""
+        self._drop((table, agent_id))
+        self._counts.pop((table, agent_id), None)
 
     def nearest(
         self, conn: Connection, key: Key, vector: bytes, k: int, knn: KnnQuery, most: Bound

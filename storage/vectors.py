@@ -8,14 +8,17 @@ opening with another model is refused until `membot reembed` rebuilds them.
 
 Every write to these tables goes through this module: a connection opened by `Database` carries a
 `VectorCache` (storage/vector_cache.py) that serves `nearest` for agents with many vectors, and
-`put` and `create_tables` keep it in step.
+`put`, `delete`, `delete_all` and `create_tables` keep it in step.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
+
 from storage.db import Connection
 from storage.errors import EmbeddingMismatchError
-from storage.vector_cache import VectorCache
+from storage.vector_cache import MAX_K, VectorCache
 
 TABLES = ("messages_vec", "passages_vec")
 # Each agent's vectors live in chunks of CHUNK_SIZE slots, allocated whole. sqlite-vec's default of
@@ -115,6 +118,49 @@ def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes, 
     cache = _cache(conn)
     if cache is not None:
         cache.added(table, agent_id, rowid, vector)
+
+
+def delete(conn: Connection, table: str, agent_id: int, rowids: Iterable[int]) -> int:
+    """Delete these rows of this agent (rowids of other agents are left alone); how many went.
+
+    sqlite-vec zeroes a deleted vector's slot in its chunk and drops a chunk once it is empty."""
+    if not _tables_exist(conn):
+        return 0
+    gone = [
+        rowid
+        for rowid in rowids
+        if conn.execute(f"DELETE FROM {table} WHERE rowid = ? AND agent_id = ?", (rowid, agent_id)).rowcount
+    ]
+    cache = _cache(conn)
+    if cache is not None and gone:
+        cache.removed(table, agent_id, gone)
+    return len(gone)
+
+
+def delete_all(conn: Connection, table: str, agent_id: int) -> int:
+    """Delete every vector in this agent's partition of `table`, also any whose message or passage
+    is gone; how many went. Finds them with KNN queries (which read only this partition), not a
+    scan of every agent's vectors."""
+    record = recorded(conn)
+    if record is None or not _tables_exist(conn):
+        return 0
+    probe = struct.pack(f"{record[1]}f", 1.0, *([0.0] * (record[1] - 1)))
+    total = 0
+    while True:
+        found = [rowid for rowid, _ in knn(conn, table, agent_id, probe, MAX_K)]
+        deleted = delete(conn, table, agent_id, found)
+        total += deleted
+        if deleted < MAX_K:
+            break
+    invalidate(conn, table, agent_id)
+    return total
+
+
+def invalidate(conn: Connection, table: str, agent_id: int) -> None:
+    """Tell the vector cache to forget this agent's rows of `table` (after writes it cannot follow)."""
+    cache = _cache(conn)
+    if cache is not None:
+        cache.invalidate(table, agent_id)
 
 
 def nearest(

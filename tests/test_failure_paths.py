@@ -185,3 +185,21 @@ async def test_restart_answers_what_was_stored_but_never_answered_once(fake_serv
     assert platform.texts == ["answer to: asked just before a crash"]
     assert await second.db.run(inbox.waiting) == []
     assert await second.recover() == 0
+
+
+async def test_imported_older_messages_take_their_place_in_time(fake_server, runtime_for):
+    from datetime import UTC, datetime
+
+    from bot.memory import Imported
+
+    fake = fake_server(lambda request: say("ok"))
+    runtime = await runtime_for(fake)
+    runtime.register_sender("chat", RecordingPlatform())
+    await runtime.handle(dm("quin", "today's news"))
+    agent = await runtime.agent_for("chat", "quin")
+    old = [Imported("user", "Quin", f"old note {i}", datetime(2020, 1, 1, 12, i)) for i in range(3)]
+    await runtime.memory(agent).import_messages(old)
+    history = await runtime.db.run(lambda conn: messages.at_turns(conn, agent.id, list(range(1, 10))))
+    ordered = sorted(history, key=lambda p: p.turn)
+    assert [p.created_at[:4] for p in ordered][:3] == ["2020"] * 3
+    assert ordered[-1].created_at[:4] == str(datetime.now(UTC).year)
