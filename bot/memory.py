@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -141,62 +140,58 @@ class AgentMemory:
         return await self.db.run(blocks.list_for, self.agent_id, self.scope.blocks)
 
     # recall memory
+    async def embedding(self, search_text: str) -> bytes | None:
+        """The vector of a message to store, or None if the embedder failed (it follows later)."""
+        if not search_text:
+            return None
+        try:
+            return await self.vector(search_text[:MAX_INDEXED_CHARS])
+        except ModelError as exc:
+            self.missed_vectors = True
+            log.warning(
+                "agent %s: embedder failed (%s); storing the message without its vector", self.agent_id, exc
+            )
+            return None
+
+    def store(
+        self,
+        conn: Connection,
+        role: str,
+        kind: str,
+        content: str,
+        vector: bytes | None = None,
+        *,
+        search_text: str = "",
+        speaker: str | None = None,
+        **more: object,
+    ) -> Message:
+        """Store a message in this scope, inside the caller's transaction. The speaker defaults to
+        the person's display name for their messages and the bot's name for its own; a searchable
+        message without its vector is marked to be embedded later."""
+        search_text = search_text[:MAX_INDEXED_CHARS]
+        if speaker is None:
+            speaker = self.speaker_for(role) if search_text else ""
+        stored = self.append(
+            conn, role, kind, content, search_text=search_text, embedding=vector, speaker=speaker, **more
+        )
+        if search_text and vector is None:
+            messages.mark_unembedded(conn, self.agent_id, stored.id)
+        return stored
+
     async def add_message(
         self,
         role: str,
         kind: str,
         content: str,
         *,
-        tool_calls: str | None = None,
-        tool_call_id: str | None = None,
-        tool_name: str | None = None,
         search_text: str = "",
-        in_context: bool = True,
-        speaker: str | None = None,
-        source_key: str | None = None,
-        created_at: str | None = None,
-        also: Callable[[Connection, Message], None] | None = None,
+        **more: object,
     ) -> Message:
-        """Store a message in this scope (and its embedding, if it is searchable). The speaker
-        defaults to the person's display name for their messages and the bot's name for its own.
-        If the embedder fails, the message is stored anyway and embedded later. `also` runs in the
-        same transaction, after the message is stored."""
-        search_text = search_text[:MAX_INDEXED_CHARS]
-        vector: bytes | None = None
-        if search_text:
-            try:
-                vector = await self.vector(search_text)
-            except ModelError as exc:
-                self.missed_vectors = True
-                log.warning(
-                    "agent %s: embedder failed (%s); storing the message without its vector",
-                    self.agent_id,
-                    exc,
-                )
-        if speaker is None:
-            speaker = self.speaker_for(role) if search_text else ""
+        """Embed (if searchable) and store a message in this scope, in its own transaction."""
+        vector = await self.embedding(search_text)
 
         def store(conn: Connection) -> Message:
-            stored = self.append(
-                conn,
-                role,
-                kind,
-                content,
-                tool_calls=tool_calls,
-                tool_call_id=tool_call_id,
-                tool_name=tool_name,
-                search_text=search_text,
-                embedding=vector,
-                in_context=in_context,
-                speaker=speaker,
-                source_key=source_key,
-                created_at=created_at,
-            )
-            if search_text and vector is None:
-                messages.mark_unembedded(conn, self.agent_id, stored.id)
-            if also is not None:
-                also(conn, stored)
-            return stored
+            return self.store(conn, role, kind, content, vector, search_text=search_text, **more)  # type: ignore[arg-type]
 
         return await self.db.run(store)
 

@@ -16,21 +16,22 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.delivery import Delivery
-from bot.embedding import Embedder, make_embedder
+from bot.embedding import Embedder, make_embedder, to_blob
 from bot.errors import InvalidInput, MembotError, ModelError
-from bot.events import Event, Kind, Sender, event_from_json, event_to_json
+from bot.events import Conversation, Event, Kind, Sender, event_from_json, event_to_json
 from bot.llm import LLM
 from bot.locks import AgentLocks
-from bot.memory import AgentMemory, Scope
+from bot.memory import EMBED_MAX_TOKENS, MAX_INDEXED_CHARS, AgentMemory, Scope
 from bot.memory_tools import registry
 from bot.pressure import Budget
 from bot.prompt import situation
 from bot.settings import Settings
 from bot.steps import StepLoop, Turn
+from bot.tokens import truncate
 from bot.tools import Address, ToolContext
 from storage import agents, blocks, conversations, inbox, messages, migrations, vectors
 from storage.agents import Agent as AgentRecord
-from storage.clock import from_iso
+from storage.clock import from_iso, now_iso
 from storage.db import Connection, Database
 from storage.errors import StorageError
 from storage.messages import Message
@@ -48,17 +49,19 @@ BLOCKS = (
 UNREACHABLE = "Something went wrong on my side. Your message is saved; please try again in a moment."
 STORE_FAILED_SAVED = "My memory store failed while I was answering, so I stopped. Your message is saved; please try again later."
 NOT_STORED = "I couldn't save your message just now (my memory store is unavailable). Please send it again in a moment."
+CACHE_SIZE = 50_000  # identities and conversations remembered in memory (then forgotten at once)
 TOO_LONG = "That took me too long, so I stopped. Your message is saved; please ask again in a moment."
 
 
 @dataclass(frozen=True)
 class Received:
-    """An event on disk in the inbox, waiting for its agent."""
+    """An event on disk in the inbox, waiting for its agent or answered by it."""
 
     agent_id: int
     item_id: int
     conversation_id: int
-    message_id: int | None = None  # set when a turn for it had begun (after a crash)
+    received_at: str
+    message_id: int | None = None  # the event in recall memory, once its turn has begun
 
 
 class Runtime:
@@ -73,6 +76,8 @@ class Runtime:
         self.locks = AgentLocks()
         self._current: dict[int, ToolContext] = {}  # inbox item -> its turn's context, while it runs
         self._unembedded: set[int] = set()  # agents with messages waiting for a vector
+        self._agents: dict[tuple[str, str], int] = {}  # (platform, user id) -> agent id, as seen
+        self._conversations: dict[tuple[str, str, str], tuple[int, tuple[str, str]]] = {}
 
     @classmethod
     async def start(
@@ -131,19 +136,66 @@ class Runtime:
         return zone.strip()
 
     # events
+    def _conversation(self, conn: Connection, c: Conversation) -> int:
+        """The conversation's id (made on first sight; names kept current), cached in memory."""
+        key = (c.platform, c.channel_id, c.thread_id)
+        found = self._conversations.get(key)
+        if found is None or found[1] != (c.name, c.place):
+            made = conversations.ensure(
+                conn, c.platform, c.channel_id, c.thread_id, c.private, c.name, c.place
+            )
+            if len(self._conversations) > CACHE_SIZE:
+                self._conversations.clear()
+            found = self._conversations[key] = (made, (c.name, c.place))
+        return found[0]
+
     def _receive(self, conn: Connection, event: Event, agent_id: int | None) -> Received | None:
+        """Put the event in the inbox (None if it is a redelivery)."""
         key = event.source_key
         if inbox.seen(conn, key):
             return None
         if agent_id is None:
             person = event.person
             agent_id = self._find_or_create(conn, person.platform, person.user_id, person.name).id
-        c = event.conversation
-        conversation_id = conversations.ensure(
-            conn, c.platform, c.channel_id, c.thread_id, c.private, c.name, c.place
-        )
+            if len(self._agents) > CACHE_SIZE:
+                self._agents.clear()
+            self._agents[(person.platform, person.user_id)] = agent_id
+        conversation_id = self._conversation(conn, event.conversation)
         item = inbox.add(conn, agent_id, key, event_to_json(event))
-        return Received(agent_id, item.id, conversation_id)
+        return Received(agent_id, item.id, conversation_id, item.received_at)
+
+    def _store(
+        self, conn: Connection, memory: AgentMemory, event: Event, vector: bytes | None, at: str
+    ) -> Message:
+        text = event.text
+        if event.attachments:
+            names = ", ".join(f"{a.name} ({a.media_type}, {a.size} bytes)" for a in event.attachments)
+            text = f"{text}\n[attached: {names}]".strip()
+        speaking = event.kind is Kind.MESSAGE
+        return memory.store(
+            conn,
+            "user",
+            event.kind.value,
+            text,
+            vector,
+            search_text=event.text if speaking else "",
+            speaker=(event.person.name or None) if speaking else "",
+            source_key=event.source_key or None,
+            created_at=at,
+        )
+
+    def _receive_and_store(
+        self, conn: Connection, event: Event, agent_id: int, vector: bytes | None
+    ) -> tuple[Received, AgentMemory, Message] | None:
+        """For an agent that is free: the event into the inbox and its memory in one transaction."""
+        if inbox.seen(conn, event.source_key):
+            return None
+        conversation_id = self._conversation(conn, event.conversation)
+        memory = self.memory(agents.get(conn, agent_id), Scope(conversation_id, event.conversation.private))
+        at = now_iso()
+        stored = self._store(conn, memory, event, vector, at)
+        item = inbox.add(conn, agent_id, event.source_key, event_to_json(event), stored.id)
+        return Received(agent_id, item.id, conversation_id, at, stored.id), memory, stored
 
     async def handle(self, event: Event) -> Turn:
         """Answer an event from a person (found by their account). Never raises."""
@@ -154,69 +206,107 @@ class Runtime:
         return await self._handle(event, agent_id)
 
     async def _handle(self, event: Event, agent_id: int | None) -> Turn:
+        known = (
+            agent_id
+            if agent_id is not None
+            else self._agents.get((event.person.platform, event.person.user_id))
+        )
+        if known is not None and not self.locks.busy(known):
+            return await self._answer_now(known, event)
         try:
             received = await self.db.run(self._receive, event, agent_id)
         except Exception as exc:
-            if isinstance(exc, StorageError):
-                log.error(
-                    "could not store an event from %s user %s: %s",
-                    event.person.platform,
-                    event.person.user_id,
-                    exc,
-                )
-            else:
-                log.exception("could not store an event from %s", event.person.platform)
-            if event.kind is not Kind.MESSAGE:
-                return Turn(failed=True)
-            await self.delivery.send_now(event.conversation, event.person.user_id, NOT_STORED)
-            return Turn(replies=[NOT_STORED], failed=True)
+            return await self._lost(event, exc)
         if received is None:
-            log.info("dropped a redelivery of %s message %s", event.conversation.platform, event.message_id)
-            return Turn(duplicate=True)
+            return _duplicate(event)
         return await self._answer(received, event)
 
+    async def _answer_now(self, agent_id: int, event: Event) -> Turn:
+        """The agent is free: take it at once and store the event with its inbox row together."""
+        async with self.locks.hold(agent_id):
+            vector = await self._vector(agent_id, event)
+            try:
+                found = await self.db.run(self._receive_and_store, event, agent_id, vector)
+            except Exception as exc:
+                return await self._lost(event, exc)
+            if found is None:
+                return _duplicate(event)
+            received, memory, stored = found
+            return await self._run(received, event, (memory, stored))
+
+    async def _vector(self, agent_id: int, event: Event) -> bytes | None:
+        if event.kind is not Kind.MESSAGE or not event.text:
+            return None
+        try:
+            [vector] = await self.embedder.embed([truncate(event.text[:MAX_INDEXED_CHARS], EMBED_MAX_TOKENS)])
+        except MembotError as exc:
+            log.warning(
+                "agent %s: embedder failed (%s); storing the message without its vector", agent_id, exc
+            )
+            self._unembedded.add(agent_id)
+            return None
+        return to_blob(vector)
+
+    async def _lost(self, event: Event, exc: BaseException) -> Turn:
+        """The event could not be stored: say so (to a person; a heartbeat just fails)."""
+        platform = event.person.platform
+        if isinstance(exc, StorageError):
+            log.error("could not store an event from %s user %s: %s", platform, event.person.user_id, exc)
+        else:
+            log.error("could not store an event from %s", platform, exc_info=exc)
+        if event.kind is not Kind.MESSAGE:
+            return Turn(failed=True)
+        text = getattr(exc, "user_message", NOT_STORED)
+        await self.delivery.send_now(event.conversation, event.person.user_id, text)
+        return Turn(replies=[text], failed=True)
+
     async def _answer(self, received: Received, event: Event) -> Turn:
-        turn = Turn()
         async with self.locks.hold(received.agent_id):
-            await self.delivery.turn_started(event.conversation)
-            try:
-                async with asyncio.timeout(self.settings.turn_deadline):
-                    await self._turn(turn, received, event)
-            except TimeoutError:
-                log.error(
-                    "agent %s: turn stopped at the %.0f s deadline",
-                    received.agent_id,
-                    self.settings.turn_deadline,
-                )
-                await self._notice(turn, received, event, TOO_LONG)
-            except Exception as exc:
-                if isinstance(exc, MembotError | StorageError):
-                    log.error("agent %s: turn failed: %s", received.agent_id, exc)
-                else:
-                    log.exception("agent %s: unexpected error in a turn", received.agent_id)
-                await self._notice(turn, received, event, _failure_text(exc, turn.stored))
-            finally:
-                await self.delivery.turn_ended(event.conversation)
-            try:
-                await self.db.run(_finish, received.agent_id, received.item_id)
-            except Exception as exc:
-                log.error(
-                    "agent %s: could not close its turn (it will be answered again): %s",
-                    received.agent_id,
-                    exc,
-                )
+            return await self._run(received, event, None)
+
+    async def _run(
+        self, received: Received, event: Event, stored: tuple[AgentMemory, Message] | None
+    ) -> Turn:
+        """One turn, the agent's lock held: within the deadline, never raising, the inbox row
+        closed at the end (a crash leaves it for the next start)."""
+        turn = Turn(stored=stored is not None)
+        await self.delivery.turn_started(event.conversation)
+        try:
+            async with asyncio.timeout(self.settings.turn_deadline):
+                await self._turn(turn, received, event, stored)
+        except TimeoutError:
+            log.error(
+                "agent %s: turn stopped at the %.0f s deadline",
+                received.agent_id,
+                self.settings.turn_deadline,
+            )
+            await self._notice(turn, received, event, TOO_LONG)
+        except Exception as exc:
+            if isinstance(exc, MembotError | StorageError):
+                log.error("agent %s: turn failed: %s", received.agent_id, exc)
+            else:
+                log.exception("agent %s: unexpected error in a turn", received.agent_id)
+            await self._notice(turn, received, event, _failure_text(exc, turn.stored))
+        finally:
+            await self.delivery.turn_ended(event.conversation)
+        try:
+            await self.db.run(_finish, received.agent_id, received.item_id)
+        except Exception as exc:
+            log.error(
+                "agent %s: could not close its turn (it will be answered again): %s", received.agent_id, exc
+            )
         return turn
 
-    async def _turn(self, turn: Turn, received: Received, event: Event) -> None:
-        record = await self.db.run(agents.get, received.agent_id)
-        memory = self.memory(record, Scope(received.conversation_id, event.conversation.private))
-        stored = await self._store_event(memory, received, event)
+    async def _turn(
+        self, turn: Turn, received: Received, event: Event, stored: tuple[AgentMemory, Message] | None
+    ) -> None:
+        memory, message = stored or await self._store_event(received, event)
         turn.stored = True
         person = event.person
         ctx = ToolContext(
             memory,
             Address(received.conversation_id, event.conversation.platform, person.user_id, event.message_id),
-            turn_start_id=stored.id,
+            turn_start_id=message.id,
         )
         loop = StepLoop(
             memory,
@@ -225,7 +315,7 @@ class Runtime:
             self.budget,
             self.settings.max_steps,
             self.delivery.dispatch,
-            situation(person.name or record.display_name, event.conversation),
+            situation(person.name or memory.agent.display_name, event.conversation),
             self.settings.log_content,
         )
         self._current[received.item_id] = ctx
@@ -235,6 +325,23 @@ class Runtime:
             del self._current[received.item_id]
         if memory.missed_vectors or received.agent_id in self._unembedded:
             await self._embed_missing(memory)
+
+    async def _store_event(self, received: Received, event: Event) -> tuple[AgentMemory, Message]:
+        """The event as a message in the agent's memory, in the transaction that marks its turn as
+        begun; once only: a replay after a crash reuses the stored message."""
+        scope = Scope(received.conversation_id, event.conversation.private)
+        vector = None if received.message_id is not None else await self._vector(received.agent_id, event)
+
+        def begin(conn: Connection) -> tuple[AgentMemory, Message]:
+            memory = self.memory(agents.get(conn, received.agent_id), scope)
+            if received.message_id is not None:
+                [message] = messages.get_many(conn, received.agent_id, [received.message_id])
+            else:
+                message = self._store(conn, memory, event, vector, received.received_at)
+            inbox.begin(conn, received.agent_id, received.item_id, message.id)
+            return memory, message
+
+        return await self.db.run(begin)
 
     async def _embed_missing(self, memory: AgentMemory) -> None:
         """Give vectors to messages stored while the embedder failed (now, if it works again)."""
@@ -249,29 +356,6 @@ class Runtime:
             log.info(
                 "agent %s: embedded %d messages stored while the embedder was failing", memory.agent_id, done
             )
-
-    async def _store_event(self, memory: AgentMemory, received: Received, event: Event) -> Message:
-        """The event as a message in the agent's memory (once: a replay after a crash reuses it),
-        in the same transaction that marks its turn as begun."""
-        if received.message_id is not None:
-            [found] = await self.db.run(_get_message, memory.agent_id, received.message_id)
-            await self.db.run(inbox.begin, memory.agent_id, received.item_id, None)
-            return found
-        item = await self.db.run(inbox.get, memory.agent_id, received.item_id)
-        text = event.text
-        if event.attachments:
-            names = ", ".join(f"{a.name} ({a.media_type}, {a.size} bytes)" for a in event.attachments)
-            text = f"{text}\n[attached: {names}]".strip()
-        return await memory.add_message(
-            "user",
-            event.kind.value,
-            text,
-            search_text=event.text if event.kind is Kind.MESSAGE else "",
-            speaker=(event.person.name or None) if event.kind is Kind.MESSAGE else "",
-            source_key=event.source_key or None,
-            created_at=item.received_at,
-            also=lambda conn, stored: inbox.begin(conn, memory.agent_id, received.item_id, stored.id),
-        )
 
     async def _notice(self, turn: Turn, received: Received, event: Event, text: str) -> None:
         """Tell the person their turn failed, if the event was theirs (never for a heartbeat)."""
@@ -309,11 +393,8 @@ class Runtime:
                 log.warning("agent %s: not answering inbox item %d (%s)", item.agent_id, item.id, why)
                 await self.db.run(inbox.done, item.agent_id, item.id)
                 continue
-            c = event.conversation
-            conversation_id = await self.db.run(
-                conversations.ensure, c.platform, c.channel_id, c.thread_id, c.private, c.name, c.place
-            )
-            received = Received(item.agent_id, item.id, conversation_id, item.message_id)
+            conversation_id = await self.db.run(self._conversation, event.conversation)
+            received = Received(item.agent_id, item.id, conversation_id, item.received_at, item.message_id)
             answering.append(self._answer(received, event))
         if answering:
             log.info("answering %d messages left unanswered by the last run", len(answering))
@@ -328,6 +409,11 @@ def _failure_text(exc: BaseException, stored: bool) -> str:
     if not stored:
         return getattr(exc, "user_message", NOT_STORED)
     return STORE_FAILED_SAVED if isinstance(exc, StorageError) else UNREACHABLE
+
+
+def _duplicate(event: Event) -> Turn:
+    log.info("dropped a redelivery of %s message %s", event.conversation.platform, event.message_id)
+    return Turn(duplicate=True)
 
 
 def _finish(conn: Connection, agent_id: int, item_id: int) -> None:
