@@ -1,9 +1,10 @@
 """The step loop: one stored event in, LLM steps with tool calls, messages out as they are sent.
 
 Each step compiles the main context, keeps it under the token budget (warning, then eviction;
-never of the turn being answered), calls the model, stores what it said, runs its tool calls and
-stores each result in the same transaction as the call's effect. A `send_message` is in the
-outbox when its result is stored and is handed to the platform at once. The loop goes on after
+never of the turn being answered), calls the model and runs the read-only part of its tool calls
+(searches, embedding); then one transaction stores what the model said, every call's effect and
+every call's result, so a crash keeps the whole step or none of it. A `send_message` is in the
+outbox when that transaction commits and is handed to the platform at once, before the next step. The loop goes on after
 `request_heartbeat` or a failed tool and stops on `send_message` or plain text. Plain text is
 inner monologue; it reaches the person only as the fallback answer to their own message when
 nothing else was sent in the turn. It never runs more than `max_steps` LLM calls for one event.
@@ -27,7 +28,7 @@ from bot.pressure import Budget, flush
 from bot.prompt import render_queue, system_message
 from bot.tokens import PER_REQUEST, count_message
 from bot.tools import Registry, ToolContext, ToolOutcome, failed, result_text
-from storage import outbox
+from storage import outbox, vectors
 from storage.db import Connection
 from storage.messages import Message
 
@@ -138,24 +139,35 @@ class StepLoop:
                 turn.llm_seconds += time.perf_counter() - started
         raise AssertionError("unreachable")
 
-    async def _record(self, ctx: ToolContext, call: ToolCall, outcome: ToolOutcome) -> ToolOutcome:
-        """Store the call's result, with its effect in the same transaction; hand over what it sent."""
-        memory = self.memory
-
-        def store(conn: Connection, outcome: ToolOutcome) -> ToolOutcome:
+    def _store_step(
+        self,
+        conn: Connection,
+        ctx: ToolContext,
+        completion: Completion,
+        vector: bytes | None,
+        outcomes: list[tuple[ToolCall, ToolOutcome]],
+    ) -> list[ToolOutcome]:
+        """The model's answer, each call's effect and each call's result, in one transaction: a
+        crash keeps all of the step or none of it. An effect that refuses (a full block) is
+        undone alone, and its call fails."""
+        memory, calls = self.memory, completion.tool_calls
+        said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
+        memory.store(
+            conn,
+            "assistant",
+            "assistant",
+            completion.content,
+            vector,
+            tool_calls=json.dumps([c.wire() for c in calls]) if calls else None,
+            search_text="\n".join(s for s in said if s) if calls else completion.content,
+        )
+        results = []
+        for call, outcome in outcomes:
             if outcome.effect is not None:
-                outcome = ToolOutcome(result_text("OK", outcome.effect(conn)), True, outcome.heartbeat)
+                outcome = _apply(conn, ctx, call, outcome)
             memory.append(conn, "tool", "tool", outcome.content, tool_call_id=call.id, tool_name=call.name)
-            return outcome
-
-        ctx.call_id = call.id
-        try:
-            outcome = await memory.db.run(store, outcome)
-        except ToolError as exc:  # the effect refused (a full block, a missing label): nothing changed
-            ctx.queued.clear()
-            outcome = await memory.db.run(store, failed(str(exc)))
-        self.hand_over(ctx)
-        return outcome
+            results.append(outcome)
+        return results
 
     def hand_over(self, ctx: ToolContext) -> None:
         """Give what this step wrote to the outbox to the deliverer (it is on disk already)."""
@@ -176,25 +188,21 @@ class StepLoop:
         turn.steps += 1
         turn.prompt_tokens.append(size)
         calls = completion.tool_calls
-        said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
-        await self.memory.add_message(
-            "assistant",
-            "assistant",
-            completion.content,
-            tool_calls=json.dumps([c.wire() for c in calls]) if calls else None,
-            search_text="\n".join(s for s in said if s) if calls else completion.content,
-        )
         if completion.content:
             turn.activity.append(f"thinks: {completion.content}")
             if self.log_content:
                 log.info("agent %s thinks: %s", self.memory.agent_id, completion.content)
+        outcomes = [(call, await self.tools.call(ctx, call.name, call.arguments)) for call in calls]
+        said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
+        vector = await self.memory.embedding("\n".join(s for s in said if s) if calls else completion.content)
+        results = await self.memory.db.run(self._store_step, ctx, completion, vector, outcomes)
+        self.hand_over(ctx)
         if not calls:
             if completion.content.strip() and kind is Kind.MESSAGE and not ctx.sent:
                 await self.notify(ctx, completion.content.strip())
             return False
         go_on = False
-        for call in calls:
-            outcome = await self._record(ctx, call, await self.tools.call(ctx, call.name, call.arguments))
+        for (call, _), outcome in zip(outcomes, results, strict=True):
             log.info("agent %s tool %s ok=%s", self.memory.agent_id, call.name, outcome.ok)
             turn.activity.append(f"{call.name}({call.arguments}) -> {outcome.content}")
             go_on = go_on or outcome.heartbeat or not outcome.ok
@@ -226,6 +234,25 @@ class StepLoop:
         finally:
             turn.replies = list(ctx.sent)
         return turn
+
+
+def _apply(conn: Connection, ctx: ToolContext, call: ToolCall, outcome: ToolOutcome) -> ToolOutcome:
+    """Run one call's effect inside the step's transaction; undo it alone if it refuses."""
+    assert outcome.effect is not None
+    ctx.call_id = call.id
+    queued = len(ctx.queued)
+    conn.execute("SAVEPOINT effect")
+    try:
+        text = outcome.effect(conn)
+    except ToolError as exc:
+        conn.execute("ROLLBACK TO effect")
+        conn.execute("RELEASE effect")
+        del ctx.queued[queued:]
+        for table in vectors.TABLES:  # an undone insert must not linger in the vector cache
+            vectors.invalidate(conn, table, ctx.memory.agent_id)
+        return failed(str(exc))
+    conn.execute("RELEASE effect")
+    return ToolOutcome(result_text("OK", text), True, outcome.heartbeat)
 
 
 def _message_argument(arguments: str) -> str:
