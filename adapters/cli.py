@@ -1,86 +1,66 @@
-"""The `membot` command: chat, discord, slack, run, eval, reembed."""
+"""The `membot` command's entry point: whatever goes wrong, one line on stderr and an exit code.
+
+Only `io`, `os`, `signal` and `sys` are loaded before `main` runs, so a Ctrl-C while the rest
+loads (about half a second: the openai client, numpy) lands inside its guard; the commands are
+in adapters/commands.py. Ctrl-C is exit code 130 and a closed stdout (`membot chat | head -c1`)
+exit code 1, each with one line and no traceback. The text streams never fail on bad bytes:
+undecodable input becomes U+FFFD, output the terminal cannot encode is replaced.
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import getpass
-import logging
+import io
+import os
+import signal
 import sys
 
-from adapters import evaluate
-from bot.errors import ConfigError, MembotError
-from bot.settings import Settings, load_settings
-from storage.errors import StorageError
-
-log = logging.getLogger("membot")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="membot", description="A chat bot that never forgets.")
-    parser.add_argument("--env-file", default=".env", help="settings file to read (default .env)")
-    commands = parser.add_subparsers(dest="command")
-    chat = commands.add_parser("chat", help="chat in this terminal (the default)")
-    chat.add_argument("--user", default=None, help="whose agent to talk to (default: your login name)")
-    chat.add_argument("--verbose", action="store_true", help="show inner monologue and tool calls on stderr")
-    commands.add_parser("discord", help="run the Discord bot")
-    commands.add_parser("slack", help="run the Slack bot")
-    commands.add_parser("run", help="run every platform that has a token set")
-    evaluate.add_parser(commands)
-    commands.add_parser("reembed", help="re-embed all memory with MEMBOT_EMBEDDER")
-    return parser
-
-
-def _logging(settings: Settings, quiet: bool) -> None:
-    level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    if quiet:
-        level = max(level, logging.WARNING)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("httpx", "httpcore", "openai"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-
-
-async def _chat(settings: Settings, user: str, verbose: bool) -> int:
-    from adapters.terminal import chat
-    from bot.runtime import Runtime
-
-    settings.llm_api_key()  # fail early, in one line, when no key is set for OpenAI's endpoint
-    runtime = await Runtime.start(settings)
-    try:
-        return await chat(runtime, user, verbose, sys.stdin, sys.stdout, sys.stderr)
-    finally:
-        await runtime.close()
-
-
-async def _reembed(settings: Settings) -> int:
-    from bot.reembed import reembed
-
-    await reembed(settings, report=lambda line: print(line, file=sys.stderr))
-    return 0
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+BROKEN_PIPE = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = args.command or "chat"
+    _tolerate_bad_text()
     try:
-        settings = load_settings(dotenv_path=args.env_file)
-        _logging(settings, quiet=command in ("chat", "eval") and not getattr(args, "verbose", False))
-        if command == "chat":
-            user = getattr(args, "user", None) or getpass.getuser()
-            return asyncio.run(_chat(settings, user, getattr(args, "verbose", False)))
-        if command == "reembed":
-            return asyncio.run(_reembed(settings))
-        if command == "eval":
-            return asyncio.run(evaluate.run(settings, args))
-        print(f"membot {command}: not available in this version yet; use `membot chat`.", file=sys.stderr)
-        return 2
-    except (ConfigError, StorageError, MembotError) as exc:
-        print(f"membot: {exc}", file=sys.stderr)
-        return 1
+        try:
+            from adapters.commands import run
+
+            return run(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a closed pipe shows here at the latest (`--help` too), inside the guard
     except KeyboardInterrupt:
-        return 130
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while shutting down just ends it
+        _say("membot: interrupted.")
+        return INTERRUPTED
+    except BrokenPipeError:
+        _discard_stdout()
+        _say("membot: the output was closed (broken pipe); stopping.")
+        return BROKEN_PIPE
+
+
+def _tolerate_bad_text() -> None:
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="replace")
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no usable stdout at all: nothing left to protect
+        return
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr is closed too: the exit code is all that is left
+        return
 
 
 if __name__ == "__main__":

@@ -186,7 +186,13 @@ async def run_mode(
     keepalive: int | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = await start_runtime(fake.url, f"{tmp}/concurrency.db", keepalive, MEMBOT_LLM_TIMEOUT="600")
+        runtime = await start_runtime(
+            fake.url,
+            f"{tmp}/concurrency.db",
+            keepalive,
+            MEMBOT_LLM_TIMEOUT="600",
+            MEMBOT_LLM_TOTAL_TIMEOUT="600",
+        )
         spent: dict[str, float] = {}
         undo = [busy_meter(runtime.db, "call", spent, "db_thread", by_first_argument=True)]
         if isinstance(runtime.embedder, WordLlamaEmbedder):

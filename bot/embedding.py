@@ -17,6 +17,7 @@ import numpy.typing as npt
 from openai import AsyncOpenAI, OpenAIError
 
 from bot.errors import ConfigError, ModelError
+from bot.llm import provider_detail
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,17 +122,18 @@ class WordLlamaEmbedder(CachedEmbedder):
 class OpenAIEmbedder(CachedEmbedder):
     """Any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, Ollama, vLLM, ...)."""
 
-    def __init__(self, client: AsyncOpenAI, model: str, dim: int) -> None:
+    def __init__(self, client: AsyncOpenAI, model: str, dim: int, log_content: bool = False) -> None:
         super().__init__()
         self._client = client
+        self.log_content = log_content  # an error body may echo the texts: log it only if asked
         self.model = model
         self.name = f"openai:{model}"
         self.dim = dim
 
     @classmethod
-    async def connect(cls, client: AsyncOpenAI, model: str) -> OpenAIEmbedder:
+    async def connect(cls, client: AsyncOpenAI, model: str, log_content: bool = False) -> OpenAIEmbedder:
         """Ask the endpoint once for the model's dimension."""
-        probe = cls(client, model, 0)
+        probe = cls(client, model, 0, log_content)
         vector = await probe._compute(["dimension probe"])
         probe.dim = int(vector.shape[1])
         return probe
@@ -146,7 +148,7 @@ class OpenAIEmbedder(CachedEmbedder):
                 rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
         except OpenAIError as exc:
             raise ModelError(
-                f"embedding request to {self.model} failed: {exc}",
+                f"embedding request to {self.model} failed: {provider_detail(exc, self.log_content)}",
                 "I couldn't reach the embedding model just now; please try again in a moment.",
             ) from exc
         return np.asarray(rows, dtype=np.float32)
@@ -165,7 +167,7 @@ async def make_embedder(settings: Settings) -> Embedder:
         timeout=settings.llm_timeout,
         max_retries=settings.llm_retries,
     )
-    return await OpenAIEmbedder.connect(client, model)
+    return await OpenAIEmbedder.connect(client, model, settings.log_content)
 
 
 def to_blob(vector: Vector) -> bytes:

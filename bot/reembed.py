@@ -46,7 +46,7 @@ async def _rebuild(db: Database, embedder: Embedder, agent_id: int, read: Reader
 
 async def reembed(settings: Settings, report: Callable[[str], None] = print) -> tuple[int, int]:
     embedder = await make_embedder(settings)
-    db = Database(settings.db)
+    db = Database(settings.db, lock_wait=settings.db_lock_wait)
     try:
         await db.run(migrations.migrate)
         before = await db.run(vectors.recorded)

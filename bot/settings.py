@@ -57,7 +57,10 @@ class Settings:
     block_limit: int = field(
         default=2000, metadata=_env("MEMBOT_BLOCK_LIMIT", "characters per core memory block")
     )
-    llm_timeout: float = field(default=60.0, metadata=_env("MEMBOT_LLM_TIMEOUT", "seconds per LLM call"))
+    llm_timeout: float = field(
+        default=60.0,
+        metadata=_env("MEMBOT_LLM_TIMEOUT", "seconds per LLM attempt (each retry gets as long again)"),
+    )
     llm_retries: int = field(
         default=3, metadata=_env("MEMBOT_LLM_RETRIES", "retries on 429/5xx/connection errors")
     )
@@ -68,7 +71,22 @@ class Settings:
     replay_hours: float = field(
         default=24.0,
         metadata=_env(
-            "MEMBOT_REPLAY_HOURS", "at start, answer stored but unanswered messages at most this many hours old"
+            "MEMBOT_REPLAY_HOURS",
+            "at start, answer stored but unanswered messages at most this many hours old",
+        ),
+    )
+    llm_total_timeout: float = field(
+        default=120.0,
+        metadata=_env(
+            "MEMBOT_LLM_TOTAL_TIMEOUT",
+            "seconds one LLM call may take in all, retries and their back-off included",
+        ),
+    )
+    db_lock_wait: float = field(
+        default=120.0,
+        metadata=_env(
+            "MEMBOT_DB_LOCK_WAIT",
+            "seconds a database call waits for another process's lock before the message is refused",
         ),
     )
     log_level: str = field(default="INFO", metadata=_env("MEMBOT_LOG_LEVEL", "DEBUG, INFO, WARNING"))
@@ -170,6 +188,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError("MEMBOT_TURN_DEADLINE must be positive and MEMBOT_REPLAY_HOURS not negative.")
     if s.llm_timeout <= 0 or s.llm_retries < 0:
         raise ConfigError("MEMBOT_LLM_TIMEOUT must be positive and MEMBOT_LLM_RETRIES not negative.")
+    if s.llm_total_timeout < s.llm_timeout:
+        raise ConfigError(
+            f"MEMBOT_LLM_TOTAL_TIMEOUT ({s.llm_total_timeout:g} s) is shorter than one attempt "
+            f"(MEMBOT_LLM_TIMEOUT, {s.llm_timeout:g} s); set it to at least {s.llm_timeout:g}."
+        )
+    if s.db_lock_wait < 0:
+        raise ConfigError("MEMBOT_DB_LOCK_WAIT must be 0 or more seconds (0: do not wait for a lock).")
     try:
         ZoneInfo(s.timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -2,9 +2,15 @@
 
 SQLite serialises writers anyway, so every statement for one database goes through a single
 thread: the event loop never blocks on disk, and no two coroutines interleave inside one
-transaction. `Database.run(fn, *args)` runs `fn(conn, *args)` there inside a transaction.
-The connection carries the database's `VectorCache` (storage/vector_cache.py), told how each
-transaction ended so a rollback leaves no vectors behind in memory.
+transaction. `Database.run(fn, *args)` runs `fn(conn, *args)` there inside a write transaction
+(`BEGIN IMMEDIATE`); `Database.read` inside a read transaction, which in WAL mode never waits
+for a writer. The connection carries the database's `VectorCache` (storage/vector_cache.py),
+told how each transaction ended so a rollback leaves no vectors behind in memory.
+
+Another process may hold the write lock for a while (a backup, a VACUUM, a second membot):
+a transaction that meets it is tried again whole, with back-off, for up to `lock_wait` seconds
+in all (MEMBOT_DB_LOCK_WAIT; storage/lock_wait.py), and the database thread is free between
+tries. Driver errors become the storage errors of storage/faults.py, each naming its fix.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from types import ModuleType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from storage.errors import StorageError
+from storage.faults import folder_error, is_busy, storage_error
+from storage.lock_wait import Busy, LockWait
 from storage.vector_cache import MAX_BYTES, VectorCache
 
 log = logging.getLogger(__name__)
@@ -31,7 +39,8 @@ T = TypeVar("T")
 
 Connection = Any  # sqlite3.Connection or sqlean's twin; both follow the DB-API.
 
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = 5000  # a connection's busy timeout; a Database try waits at most lock_wait.TRY_MS
+LOCK_WAIT = 120.0  # seconds in all one call waits for another process's lock (MEMBOT_DB_LOCK_WAIT)
 
 
 def _stdlib_can_load_extensions() -> bool:
@@ -86,11 +95,17 @@ def connect(
     module = driver()
     target = str(path)
     if target != ":memory:":
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise folder_error(exc, target) from exc
     try:
         conn = module.connect(
             target, isolation_level=None, check_same_thread=False, factory=_connection_class(module)
         )
+    except module.DatabaseError as exc:
+        raise storage_error(exc, target) from exc
+    try:
         conn.vector_cache = vector_cache
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -99,37 +114,55 @@ def connect(
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA cache_size = -32000")
     except module.DatabaseError as exc:
-        raise StorageError(describe_error(exc, target)) from exc
+        conn.close()
+        raise storage_error(exc, target) from exc
     _load_vec(conn)
     return conn
 
 
-def describe_error(exc: BaseException, path: str) -> str:
-    """A one-line explanation of a driver error that names the fix."""
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return (
-            f"The database {path} is locked by another process (another membot?). "
-            "Stop it or wait, then try again."
-        )
-    if "not a database" in text or "malformed" in text:
-        return f"{path} is not a readable membot database ({text}); point MEMBOT_DB at another file."
-    if "unable to open" in text or "readonly" in text:
-        return f"Cannot write {path} ({text}); check the path in MEMBOT_DB and its permissions."
-    return f"Database error on {path}: {text}"
+def check_writable(path: str | Path, lock_wait: float = LOCK_WAIT) -> None:
+    """Fail now, in one line naming the fix, if the database cannot be created or written.
+
+    A real write transaction, committed (a table made and dropped), so a read-only file or
+    filesystem, a full disk or a folder that cannot be made shows at start, not at a message.
+    """
+    db = Database(path, vector_cache_bytes=0, lock_wait=lock_wait)
+    try:
+        db.call(_write_probe)
+    finally:
+        db.close()
+
+
+def _write_probe(conn: Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS _membot_write_check (x)")
+    conn.execute("DROP TABLE _membot_write_check")
+
+
+WRITE = "BEGIN IMMEDIATE"
+READ = "BEGIN DEFERRED"
+
+
+def _is_driver_error(exc: Exception) -> bool:
+    return type(exc).__module__.split(".")[0] in {"sqlite3", "sqlean"}
 
 
 class Database:
     """One SQLite file served by one worker thread, with its own vector cache (0 bytes: none)."""
 
     def __init__(
-        self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS, vector_cache_bytes: int = MAX_BYTES
+        self,
+        path: str | Path,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        vector_cache_bytes: int = MAX_BYTES,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
         self.path = str(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.lock_wait = lock_wait
         self.vector_cache = VectorCache(vector_cache_bytes) if vector_cache_bytes > 0 else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="membot-db")
         self._conn: Connection | None = None
+        self._conn_busy_ms = busy_timeout_ms
         self._lock = threading.Lock()
 
     def _connection(self) -> Connection:
@@ -137,29 +170,83 @@ class Database:
             if self.vector_cache is not None:
                 self.vector_cache.clear()  # data_version is counted per connection
             self._conn = connect(self.path, self.busy_timeout_ms, self.vector_cache)
+            self._conn_busy_ms = self.busy_timeout_ms
         return self._conn
 
     def call(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run `fn(conn, ...)` in one transaction on the calling thread (for start-up and tools)."""
+        """Run `fn(conn, ...)` in one write transaction on the calling thread (for start-up and tools)."""
+        return self._call(WRITE, fn, args, kwargs)
+
+    def call_read(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn(conn, ...)` in one read transaction on the calling thread."""
+        return self._call(READ, fn, args, kwargs)
+
+    async def run(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn(conn, ...)` in one write transaction on the database thread."""
+        return await self._run(WRITE, fn, args, kwargs)
+
+    async def read(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn(conn, ...)` in one read transaction (`BEGIN DEFERRED`) on the database thread.
+
+        In WAL mode a reader never waits for a writer, so pure reads go on while another process
+        holds the write lock. `fn` must not write (it would wait for the lock like `run`).
+        """
+        return await self._run(READ, fn, args, kwargs)
+
+    def _call(self, begin: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        wait = LockWait(self.path, self.lock_wait, self.busy_timeout_ms)
+        while True:
+            try:
+                result = self._attempt(begin, wait.busy_ms(), fn, args, kwargs)
+            except Busy as busy:
+                time.sleep(wait.backoff(busy.cause))
+                continue
+            wait.finished()
+            return result
+
+    async def _run(
+        self, begin: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        wait = LockWait(self.path, self.lock_wait, self.busy_timeout_ms)
+        while True:
+            try:
+                result = await loop.run_in_executor(
+                    self._executor, self._attempt, begin, wait.busy_ms(), fn, args, kwargs
+                )
+            except Busy as busy:
+                await asyncio.sleep(wait.backoff(busy.cause))  # the database thread is free meanwhile
+                continue
+            wait.finished()
+            return result
+
+    def _attempt(
+        self, begin: str, busy_ms: int, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        """One try of `fn(conn, ...)` in one transaction; `Busy` if another connection's lock was
+        in the way (the transaction was rolled back), a StorageError naming the fix for the rest."""
         with self._lock:
             conn = self._connection()
             started = time.perf_counter()
             committed = False
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._set_busy_timeout(conn, busy_ms)
+                conn.execute(begin)
                 try:
                     result = fn(conn, *args, **kwargs)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                committed = True
+                    conn.execute("COMMIT")
+                    committed = True
+                finally:
+                    if not committed:
+                        self._rollback(conn)
             except StorageError:
                 raise
             except Exception as exc:
-                if type(exc).__module__.split(".")[0] in {"sqlite3", "sqlean"}:
-                    raise StorageError(describe_error(exc, self.path)) from exc
-                raise
+                if not _is_driver_error(exc):
+                    raise
+                if is_busy(exc):
+                    raise Busy(exc) from exc
+                raise storage_error(exc, self.path) from exc
             finally:
                 if self.vector_cache is not None:
                     self.vector_cache.finish(committed)
@@ -168,10 +255,23 @@ class Database:
                 log.warning("slow database call %s took %.0f ms", getattr(fn, "__name__", fn), elapsed)
             return result
 
-    async def run(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run `fn(conn, ...)` in one transaction on the database thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.call(fn, *args, **kwargs))
+    def _set_busy_timeout(self, conn: Connection, busy_ms: int) -> None:
+        if busy_ms != self._conn_busy_ms:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+            self._conn_busy_ms = busy_ms
+
+    def _rollback(self, conn: Connection) -> None:
+        """Undo the open transaction, if SQLite has not already (it does after some errors)."""
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except Exception as exc:
+            if not _is_driver_error(exc):
+                raise
+            log.warning("database %s: rollback failed (%s); reopening the connection", self.path, exc)
+            self._conn = None
+            conn.close()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

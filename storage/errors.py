@@ -1,14 +1,13 @@
 """Errors raised by the storage layer. Each message names the fix.
 
-Every `StorageError` also carries `user_message`: a short, truthful sentence for the person in
-the chat (their message was not kept, and why in plain words); the full message is for the log.
+The faults of the machine (locked, read-only, full, no such folder) also carry `user_message`:
+a short, truthful sentence for the person whose message could not be kept, in plain words; the
+full message is for the log. storage/faults.py maps driver errors to them.
 """
 
 
 class StorageError(Exception):
     """The database could not do what was asked (locked, unreadable, too new, ...)."""
-
-    user_message = "I couldn't reach my memory just now, so I didn't keep that message. Please send it again."
 
 
 class BlockLimitError(StorageError):

@@ -118,7 +118,12 @@ def test_migrations_number_old_messages_index_their_neighbours_and_record_speake
             )
 
     db.call(old_rows)
-    assert db.call(migrations.migrate) == ["m004_turns", "m005_context", "m006_owner_tokens", "m007_conversations"]
+    assert db.call(migrations.migrate) == [
+        "m004_turns",
+        "m005_context",
+        "m006_owner_tokens",
+        "m007_conversations",
+    ]
     rows = db.call(lambda c: c.execute("SELECT turn, context FROM messages ORDER BY id").fetchall())
     assert rows == [(1, "how are you"), (None, ""), (2, "hello\nfine"), (3, "how are you")]
     later = "2024-01-01T05:00:00.000000Z"  # hours later: a new conversation, not a neighbour

@@ -59,6 +59,8 @@ def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path):
         ({"MEMBOT_EMBEDDER": "magic"}, "MEMBOT_EMBEDDER"),
         ({"MEMBOT_LOG_CONTENT": "perhaps"}, "MEMBOT_LOG_CONTENT"),
         ({"OPENAI_BASE_URL": "localhost:11434"}, "OPENAI_BASE_URL"),
+        ({"MEMBOT_LLM_TIMEOUT": "300"}, "MEMBOT_LLM_TOTAL_TIMEOUT.*at least 300"),
+        ({"MEMBOT_DB_LOCK_WAIT": "-1"}, "MEMBOT_DB_LOCK_WAIT"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str):

@@ -141,7 +141,7 @@ def test_locked_database_gives_a_plain_error_and_loses_nothing(tmp_path: Path):
     blocker = connect(path)
     blocker.execute("PRAGMA busy_timeout = 0")
     blocker.execute("BEGIN EXCLUSIVE")
-    other = Database(path, busy_timeout_ms=50)
+    other = Database(path, busy_timeout_ms=50, lock_wait=0.3)
     try:
         with pytest.raises(StorageError, match="locked"):
             other.call(messages.append, agent.id, "user", "user", "lost?", search_text="lost?")
