@@ -14,7 +14,7 @@ import re
 from typing import TextIO
 
 from bot.errors import InvalidInput
-from bot.events import Conversation, Event, Outgoing, Person
+from bot.events import Conversation, Event, Outgoing, Person, SenderClosed
 from bot.runtime import Runtime
 
 PLATFORM = "terminal"
@@ -35,10 +35,15 @@ class TerminalSender:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
+        self.closed = False
 
     async def send(self, message: Outgoing) -> None:
-        self.out.write(printable(message.text) + "\n\n")
-        self.out.flush()
+        try:
+            self.out.write(printable(message.text) + "\n\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError) as exc:  # the reader went away (`membot chat | head`)
+            self.closed = True
+            raise SenderClosed("the terminal's output is closed") from exc
 
     async def turn_started(self, conversation: Conversation) -> None:
         return None
@@ -93,7 +98,8 @@ async def chat(runtime: Runtime, user: str, verbose: bool, stdin: TextIO, out: T
     interactive = stdin.isatty()
     loop = asyncio.get_running_loop()
     conversation = Conversation.direct(PLATFORM, user)
-    await runtime.register_sender(PLATFORM, TerminalSender(out), channels={conversation.channel_id})
+    sender = TerminalSender(out)
+    await runtime.register_sender(PLATFORM, sender, channels={conversation.channel_id})
     await runtime.recover(lambda event: event.conversation.channel_id == conversation.channel_id)
     person = Person(PLATFORM, user, user)
     if interactive:
@@ -119,5 +125,7 @@ async def chat(runtime: Runtime, user: str, verbose: bool, stdin: TextIO, out: T
                     err.write(f"  · {line_}\n")
                 err.flush()
             await runtime.delivery.idle(5.0)
+            if sender.closed:
+                raise BrokenPipeError("the output was closed")
     finally:
         await runtime.delivery.idle(5.0)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from bot.events import Conversation, DeliveryError, Outgoing, Sender
+from bot.events import Conversation, DeliveryError, Outgoing, Sender, SenderClosed
 from storage import conversations, outbox
 from storage.db import Database
 from storage.errors import StorageError
@@ -63,7 +63,7 @@ class Delivery:
     async def send_pending(self, platform: str) -> int:
         """Hand over every pending message of `platform`; how many were handed over."""
         try:
-            entries = await self.db.run(outbox.pending, platform)
+            entries = await self.db.read(outbox.pending, platform)
         except StorageError as exc:
             log.error("cannot read the outbox for %s: %s", platform, exc)
             return 0
@@ -101,7 +101,7 @@ class Delivery:
     async def _conversation(self, conversation_id: int) -> Conversation | None:
         found = self._places.get(conversation_id)
         if found is None:
-            row = await self.db.run(conversations.get, conversation_id)
+            row = await self.db.read(conversations.get, conversation_id)
             if row is None:
                 return None
             found = self._places[conversation_id] = conversation_of(row)
@@ -126,6 +126,11 @@ class Delivery:
         for attempt, pause in enumerate((*self.backoff, None)):
             try:
                 await registered.sender.send(message)
+            except SenderClosed as exc:
+                log.info("the %s sender closed (%s); outbox %d stays pending", entry.platform, exc, entry.id)
+                if self._senders.get(entry.platform) is registered:
+                    self.unregister(entry.platform)
+                return
             except DeliveryError as exc:
                 cause, permanent = str(exc), exc.permanent
             except Exception as exc:  # a sender bug must not stop delivery to everyone else

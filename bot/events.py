@@ -14,7 +14,8 @@ Nothing else of the core is an adapter's business.
 - `Outgoing`: a message from an agent to a conversation, written to the outbox first and handed
   to the platform's sender when the agent sends it (not at the end of its turn).
 - `Sender`: what an adapter registers: `send` delivers one message (raise `DeliveryError`, with
-  `permanent=True` when retrying cannot help, e.g. the person closed their DMs); `turn_started`
+  `permanent=True` when retrying cannot help, e.g. the person closed their DMs; `SenderClosed` when
+  the sender itself can send nothing more); `turn_started`
   and `turn_ended` bracket an agent's work in a conversation (for typing indicators).
 """
 
@@ -133,6 +134,11 @@ class DeliveryError(Exception):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class SenderClosed(DeliveryError):
+    """The sender can deliver nothing more (its output closed, it is stopping): the message stays
+    pending, for this platform's next start, and the sender is unregistered."""
 
 
 class Sender(Protocol):

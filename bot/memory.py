@@ -137,7 +137,7 @@ class AgentMemory:
 
     # core memory
     async def blocks(self) -> list[Block]:
-        return await self.db.run(blocks.list_for, self.agent_id, self.scope.blocks)
+        return await self.db.read(blocks.list_for, self.agent_id, self.scope.blocks)
 
     # recall memory
     async def embedding(self, search_text: str) -> bytes | None:
@@ -210,7 +210,7 @@ class AgentMemory:
 
     async def embed_missing(self) -> int:
         """Embed messages stored while the embedder was failing; how many got their vector."""
-        rows = await self.db.run(messages.unembedded, self.agent_id)
+        rows = await self.db.read(messages.unembedded, self.agent_id)
         if not rows:
             return 0
         found = await self.embedder.embed([truncate(text, EMBED_MAX_TOKENS) for _, text, _ in rows])
@@ -256,12 +256,12 @@ class AgentMemory:
         return stored
 
     async def queue(self) -> list[Message]:
-        return await self.db.run(messages.in_context, self.agent_id, self.public)
+        return await self.db.read(messages.in_context, self.agent_id, self.public)
 
     async def search_messages(self, query: str, limit: int, before_id: int | None = None) -> list[Message]:
         """Messages best matching `query`, best first (see `bot.retrieval`); only public ones in public."""
         if self._speakers is None:
-            self._speakers = await self.db.run(messages.speakers, self.agent_id)
+            self._speakers = await self.db.read(messages.speakers, self.agent_id)
         vector = await self.vector(retrieval.dense_query(query, self._speakers))
         search = retrieval.Query(
             text=query,
@@ -271,13 +271,13 @@ class AgentMemory:
             zone=self.zone,
             public_only=self.public,
         )
-        ids = await self.db.run(retrieval.rank_messages, self.agent_id, search, limit, before_id)
-        return await self.db.run(messages.get_many, self.agent_id, ids, self.public)
+        ids = await self.db.read(retrieval.rank_messages, self.agent_id, search, limit, before_id)
+        return await self.db.read(messages.get_many, self.agent_id, ids, self.public)
 
     async def messages_between(
         self, start: datetime, end: datetime, limit: int, offset: int
     ) -> tuple[list[Message], int]:
-        return await self.db.run(
+        return await self.db.read(
             messages.searchable_between,
             self.agent_id,
             to_iso(start),
@@ -296,8 +296,8 @@ class AgentMemory:
 
     async def search_passages(self, query: str, limit: int) -> list[Passage]:
         vector = await self.vector(retrieval.dense_query(query))
-        ids = await self.db.run(retrieval.rank_passages, self.agent_id, query, vector, limit, self.public)
-        return await self.db.run(passages.get_many, self.agent_id, ids, self.public)
+        ids = await self.db.read(retrieval.rank_passages, self.agent_id, query, vector, limit, self.public)
+        return await self.db.read(passages.get_many, self.agent_id, ids, self.public)
 
     async def snapshot(self) -> Snapshot:
         """Everything the main context needs, read in one transaction."""
@@ -310,13 +310,13 @@ class AgentMemory:
                 agent, blocks.list_for(conn, self.agent_id, scope.blocks), stats, queue, _places(conn, queue)
             )
 
-        snapshot = await self.db.run(read)
+        snapshot = await self.db.read(read)
         self.agent = snapshot.agent
         return snapshot
 
     # statistics, summary, eviction
     async def stats(self) -> Stats:
-        self.agent, stats = await self.db.run(_stats, self.agent_id)
+        self.agent, stats = await self.db.read(_stats, self.agent_id)
         return stats
 
     def summary(self) -> tuple[str, int]:

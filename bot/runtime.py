@@ -32,7 +32,7 @@ from bot.tools import Address, ToolContext
 from storage import agents, blocks, conversations, inbox, messages, migrations, vectors
 from storage.agents import Agent as AgentRecord
 from storage.clock import from_iso, now_iso
-from storage.db import Connection, Database
+from storage.db import LOCK_WAIT, Connection, Database
 from storage.errors import StorageError
 from storage.messages import Message
 
@@ -85,7 +85,7 @@ class Runtime:
     ) -> Runtime:
         """Open and migrate the database, load the embedder, check it matches the stored vectors."""
         embedder = embedder or await make_embedder(settings)
-        db = await open_database(settings.db, embedder.name, embedder.dim)
+        db = await open_database(settings.db, embedder.name, embedder.dim, settings.db_lock_wait)
         runtime = cls(settings, db, embedder, llm or LLM(settings))
         runtime._unembedded = set(await db.run(messages.agents_unembedded))
         return runtime
@@ -381,7 +381,7 @@ class Runtime:
     async def recover(self, accept: Callable[[Event], bool] = lambda event: True) -> int:
         """Answer what a crash or a stop left stored but unanswered (once, and only events at most
         MEMBOT_REPLAY_HOURS old); `accept` picks the events this process should answer."""
-        items = await self.db.run(inbox.waiting)
+        items = await self.db.read(inbox.waiting)
         oldest = datetime.now(UTC) - timedelta(hours=self.settings.replay_hours)
         answering = []
         for item in items:
@@ -425,8 +425,8 @@ def _get_message(conn: Connection, agent_id: int, message_id: int) -> list[Messa
     return messages.get_many(conn, agent_id, [message_id])
 
 
-async def open_database(path: str, model: str, dim: int) -> Database:
-    db = Database(path)
+async def open_database(path: str, model: str, dim: int, lock_wait: float = LOCK_WAIT) -> Database:
+    db = Database(path, lock_wait=lock_wait)
 
     def prepare(conn: Connection) -> None:
         ran = migrations.migrate(conn)
