@@ -40,12 +40,13 @@ def seen(conn: Connection, source_key: str) -> bool:
 
 
 def add(conn: Connection, agent_id: int, source_key: str, event: str, message_id: int | None = None) -> Item:
+    values = (agent_id, source_key or None, event, message_id, 0 if message_id is None else 1, now_iso())
     cursor = conn.execute(
         "INSERT INTO inbox (agent_id, source_key, event, message_id, attempts, received_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        (agent_id, source_key or None, event, message_id, 0 if message_id is None else 1, now_iso()),
+        values,
     )
-    return get(conn, agent_id, int(cursor.lastrowid))
+    return Item(int(cursor.lastrowid), *values)
 
 
 def get(conn: Connection, agent_id: int, item_id: int) -> Item:

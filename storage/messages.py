@@ -141,7 +141,22 @@ def append(
     message_id = int(cursor.lastrowid)
     if embedding is not None and search_text:
         vectors.put(conn, "messages_vec", agent_id, message_id, embedding, private)
-    return get_many(conn, agent_id, [message_id])[0]
+    return Message(
+        message_id,
+        role,
+        kind,
+        content,
+        tool_calls,
+        tool_call_id,
+        tool_name,
+        search_text,
+        created_at,
+        in_context,
+        speaker,
+        turn,
+        conversation_id,
+        private,
+    )
 
 
 def _view(public_only: bool) -> str:
