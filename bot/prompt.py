@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from bot.events import Conversation
 from bot.memory import Snapshot
-from bot.tokens import count_message, truncate
+from bot.tokens import PER_MESSAGE, count_message, count_text, truncate
 from storage.agents import Agent
 from storage.clock import from_iso
 from storage.messages import Message
@@ -40,6 +40,7 @@ archival_memory_search.
 - Older messages are summarised and leave your view; save anything important before that happens.
 - When the user tells you something worth remembering, save it. When they ask about the past, search first.
 """
+Rendered = tuple[dict[str, Any], int]  # a wire message and its size in tokens
 PRIVATE_NOTE = (
     "This conversation is private: only {name} reads what you send. What you learn here is never shown "
     "to you while you answer in a public channel."
@@ -62,7 +63,15 @@ def _fmt(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %a")
 
 
-def system_message(snapshot: Snapshot, where: str, now: datetime, public: bool = False) -> dict[str, Any]:
+@lru_cache(maxsize=4096)
+def _part_tokens(text: str) -> int:
+    return count_text(text)
+
+
+def system_message(snapshot: Snapshot, where: str, now: datetime, public: bool = False) -> Rendered:
+    """The system message and its size in tokens. The size is counted part by part (instructions,
+    blocks and summary change rarely: their counts are cached) plus one token for each separator,
+    which never counts fewer tokens than the joined text has (a token never spans a blank line)."""
     agent, stats = snapshot.agent, snapshot.stats
     local = now.astimezone(_zone(agent.timezone))
     parts = [INSTRUCTIONS, where, "## Core memory"]
@@ -84,7 +93,8 @@ def system_message(snapshot: Snapshot, where: str, now: datetime, public: bool =
     summary, covers = agent.summary_of(public)
     if summary:
         parts.append(f"## Summary of the {covers} earliest messages (no longer in view)\n{summary}")
-    return {"role": "system", "content": "\n\n".join(parts)}
+    size = PER_MESSAGE + count_text("system") + sum(_part_tokens(p) for p in parts) + len(parts) - 1
+    return {"role": "system", "content": "\n\n".join(parts)}, size
 
 
 @lru_cache(maxsize=64)
@@ -100,7 +110,6 @@ def stamp(message: Message, agent: Agent) -> str:
     return _local(message.created_at, agent.timezone)
 
 
-Rendered = tuple[dict[str, Any], int]
 INTERRUPTED = json.dumps({"status": "Failed", "message": "Interrupted before it ran."})
 
 

@@ -26,7 +26,7 @@ from bot.llm import LLM, Completion, ToolCall
 from bot.memory import AgentMemory
 from bot.pressure import Budget, flush
 from bot.prompt import render_queue, system_message
-from bot.tokens import PER_REQUEST, count_message
+from bot.tokens import PER_REQUEST
 from bot.tools import Registry, ToolContext, ToolOutcome, failed, result_text
 from storage import outbox, vectors
 from storage.db import Connection
@@ -84,7 +84,7 @@ class StepLoop:
         """The main context for the next call, its size in tokens (tool schemas included), and the
         stored queue it was rendered from."""
         snapshot = await self.memory.snapshot()
-        system = system_message(snapshot, self.where, datetime.now(UTC), self.memory.public)
+        system, system_size = system_message(snapshot, self.where, datetime.now(UTC), self.memory.public)
         rendered = render_queue(
             snapshot.queue,
             snapshot.agent,
@@ -92,7 +92,7 @@ class StepLoop:
             snapshot.places,
             self.memory.scope.conversation_id,
         )
-        size = PER_REQUEST + count_message(system) + sum(n for _, n in rendered) + self.tools.schema_tokens
+        size = PER_REQUEST + system_size + sum(n for _, n in rendered) + self.tools.schema_tokens
         return [system, *(entry for entry, _ in rendered)], size, snapshot.queue
 
     async def _fit(
