@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -194,7 +194,8 @@ class Runtime:
         memory = self.memory(agents.get(conn, agent_id), Scope(conversation_id, event.conversation.private))
         at = now_iso()
         stored = self._store(conn, memory, event, vector, at)
-        item = inbox.add(conn, agent_id, event.source_key, event_to_json(event), stored.id)
+        kept = replace(event, text="")  # the text is in the stored message: no second copy
+        item = inbox.add(conn, agent_id, event.source_key, event_to_json(kept), stored.id)
         return Received(agent_id, item.id, conversation_id, at, stored.id), memory, stored
 
     async def handle(self, event: Event) -> Turn:

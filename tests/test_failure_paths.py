@@ -11,6 +11,7 @@ import pytest
 from bot.pressure import KEEP_LAST, choose_cut
 from bot.runtime import Runtime
 from storage import agents, blocks, inbox, messages
+from storage.db import connect
 from storage.errors import AgentNotFoundError
 from storage.messages import Message
 from tests.conftest import make_settings
@@ -203,3 +204,23 @@ async def test_imported_older_messages_take_their_place_in_time(fake_server, run
     ordered = sorted(history, key=lambda p: p.turn)
     assert [p.created_at[:4] for p in ordered][:3] == ["2020"] * 3
     assert ordered[-1].created_at[:4] == str(datetime.now(UTC).year)
+
+
+async def test_a_huge_message_is_kept_whole_but_indexed_in_part(fake_server, runtime_for, tmp_path):
+    fake = fake_server(lambda request: say("that is a lot"))
+    runtime = await runtime_for(fake)
+    runtime.register_sender("chat", RecordingPlatform())
+    huge = "word " * 400_000  # 2 MB on one line
+    await runtime.handle(dm("ria", huge))
+    await runtime.handle(dm("ria", "and a short one"))
+    agent = await runtime.agent_for("chat", "ria")
+    [stored] = [m for m in await runtime.db.run(messages.in_context, agent.id) if len(m.content) > 1000]
+    assert stored.content == huge  # the original, whole
+    assert len(stored.search_text) <= 20_000
+    other = connect(tmp_path / "membot.db")
+    pages, free, page_size = (
+        other.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size")
+    )
+    other.close()
+    live = (pages - free) * page_size
+    assert live < 1.5 * len(huge), live  # before: indexed whole, a 5 MB line made a 21.6 MB file
