@@ -19,7 +19,7 @@ column, and `private = 0` in SQL).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from datetime import timedelta
 
 from storage import vectors
@@ -114,35 +114,8 @@ def append(
                 "UPDATE messages SET context = ltrim(context || char(10) || ?, char(10)) WHERE id = ?",
                 (search_text[:CONTEXT_CHARS], previous[0]),
             )
-    cursor = conn.execute(
-        "INSERT INTO messages (agent_id, role, kind, content, tool_calls, tool_call_id, tool_name, "
-        "search_text, in_context, created_at, speaker, turn, context, conversation_id, private, "
-        "public_in_context, source_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            agent_id,
-            role,
-            kind,
-            content,
-            tool_calls,
-            tool_call_id,
-            tool_name,
-            search_text,
-            int(in_context),
-            created_at,
-            speaker,
-            turn,
-            context,
-            conversation_id,
-            int(private),
-            int(in_context and not private),
-            source_key or None,
-        ),
-    )
-    message_id = int(cursor.lastrowid)
-    if embedding is not None and search_text:
-        vectors.put(conn, "messages_vec", agent_id, message_id, embedding, private)
-    return Message(
-        message_id,
+    message = Message(
+        0,
         role,
         kind,
         content,
@@ -157,6 +130,16 @@ def append(
         conversation_id,
         private,
     )
+    stored = astuple(message)[1:]  # the columns of COLUMNS after id, in order
+    cursor = conn.execute(
+        f"INSERT INTO messages (agent_id, {COLUMNS.removeprefix('id, ')}, context, public_in_context, "
+        f"source_key) VALUES ({', '.join('?' * (len(stored) + 4))})",
+        (agent_id, *stored, context, in_context and not private, source_key or None),
+    )
+    message = replace(message, id=int(cursor.lastrowid))
+    if embedding is not None and search_text:
+        vectors.put(conn, "messages_vec", agent_id, message.id, embedding, private)
+    return message
 
 
 def _view(public_only: bool) -> str:

@@ -49,7 +49,9 @@ def add(
         "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (agent_id, conversation_id, platform, text, recipient, reply_to, tool_call_id, now, now),
     )
-    return Entry(int(cursor.lastrowid), agent_id, conversation_id, platform, text, recipient, reply_to, PENDING, 0, "")
+    return Entry(
+        int(cursor.lastrowid), agent_id, conversation_id, platform, text, recipient, reply_to, PENDING, 0, ""
+    )
 
 
 def get(conn: Connection, agent_id: int, entry_id: int) -> Entry:
