@@ -11,57 +11,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.delivery import Delivery
-from bot.embedding import Embedder, make_embedder, to_blob
+from bot.embedding import Embedder, make_embedder
 from bot.errors import InvalidInput, MembotError, ModelError
-from bot.events import Conversation, Event, Kind, Sender, event_from_json, event_to_json
+from bot.events import Event, Kind, Sender, event_from_json
 from bot.llm import LLM
 from bot.locks import AgentLocks
-from bot.memory import EMBED_MAX_TOKENS, MAX_INDEXED_CHARS, AgentMemory, Scope
+from bot.memory import AgentMemory, Scope
 from bot.memory_tools import registry
 from bot.pressure import Budget
 from bot.prompt import situation
+from bot.reception import Received, Reception
 from bot.settings import Settings
 from bot.steps import StepLoop, Turn
-from bot.tokens import truncate
 from bot.tools import Address, ToolContext
-from storage import agents, blocks, conversations, inbox, messages, migrations, vectors
+from storage import agents, inbox, messages, migrations, vectors
 from storage.agents import Agent as AgentRecord
-from storage.clock import from_iso, now_iso
+from storage.clock import from_iso
 from storage.db import LOCK_WAIT, Connection, Database
 from storage.errors import StorageError
 from storage.messages import Message
 
 log = logging.getLogger(__name__)
 
-PERSONA = (
-    "I am membot, a warm, curious and concise companion. I remember what people tell me, "
-    "follow up on what matters to them, and never pretend to remember what I don't."
-)
-BLOCKS = (
-    ("persona", "Who you are and how you speak. Edit it as you grow."),
-    ("human", "What you know about the user: name, preferences, people, plans."),
-)
 UNREACHABLE = "Something went wrong on my side. Your message is saved; please try again in a moment."
 STORE_FAILED_SAVED = "My memory store failed while I was answering, so I stopped. Your message is saved; please try again later."
 NOT_STORED = "I couldn't save your message just now (my memory store is unavailable). Please send it again in a moment."
-CACHE_SIZE = 50_000  # identities and conversations remembered in memory (then forgotten at once)
 TOO_LONG = "That took me too long, so I stopped. Your message is saved; please ask again in a moment."
-
-
-@dataclass(frozen=True)
-class Received:
-    """An event on disk in the inbox, waiting for its agent or answered by it."""
-
-    agent_id: int
-    item_id: int
-    conversation_id: int
-    received_at: str
-    message_id: int | None = None  # the event in recall memory, once its turn has begun
 
 
 class Runtime:
@@ -75,9 +54,7 @@ class Runtime:
         self.delivery = Delivery(db, settings.log_content)
         self.locks = AgentLocks()
         self._current: dict[int, ToolContext] = {}  # inbox item -> its turn's context, while it runs
-        self._unembedded: set[int] = set()  # agents with messages waiting for a vector
-        self._agents: dict[tuple[str, str], int] = {}  # (platform, user id) -> agent id, as seen
-        self._conversations: dict[tuple[str, str, str], tuple[int, tuple[str, str]]] = {}
+        self.reception = Reception(settings, db, embedder)
 
     @classmethod
     async def start(
@@ -87,7 +64,7 @@ class Runtime:
         embedder = embedder or await make_embedder(settings)
         db = await open_database(settings.db, embedder.name, embedder.dim, settings.db_lock_wait)
         runtime = cls(settings, db, embedder, llm or LLM(settings))
-        runtime._unembedded = set(await db.run(messages.agents_unembedded))
+        runtime.reception.unembedded = set(await db.run(messages.agents_unembedded))
         return runtime
 
     async def close(self) -> None:
@@ -103,26 +80,12 @@ class Runtime:
         pending ones go out now (the returned task)."""
         return self.delivery.register(platform, sender, channels)
 
-    # agents and identities
-    def _find_or_create(self, conn: Connection, platform: str, user_id: str, name: str) -> AgentRecord:
-        found = agents.find(conn, platform, user_id)
-        if found:
-            return found
-        made = agents.create(conn, platform, user_id, name, self.settings.timezone)
-        human = f"Name: {name}" if name else ""
-        for scope in (blocks.PRIVATE, blocks.PUBLIC):
-            for label, purpose in BLOCKS:
-                value = PERSONA if label == "persona" else human
-                blocks.create(conn, made.id, label, purpose, value, self.settings.block_limit, scope)
-        log.info("created agent %s for %s user %s", made.id, platform, user_id)
-        return made
-
     async def agent_for(self, platform: str, user_id: str, user_name: str = "") -> AgentRecord:
         """The agent of this account, made on first contact."""
-        return await self.db.run(self._find_or_create, platform, user_id, user_name)
+        return await self.db.run(self.reception.find_or_create, platform, user_id, user_name)
 
     def memory(self, agent: AgentRecord, scope: Scope | None = None) -> AgentMemory:
-        return AgentMemory(self.db, self.embedder, agent, scope)
+        return self.reception.memory(agent, scope)
 
     async def set_timezone(self, agent_id: int, zone: str) -> str:
         """Change an agent's time zone; `zone` is an IANA name such as Europe/Sofia."""
@@ -135,69 +98,6 @@ class Runtime:
         await self.db.run(agents.set_timezone, agent_id, zone.strip())
         return zone.strip()
 
-    # events
-    def _conversation(self, conn: Connection, c: Conversation) -> int:
-        """The conversation's id (made on first sight; names kept current), cached in memory."""
-        key = (c.platform, c.channel_id, c.thread_id)
-        found = self._conversations.get(key)
-        if found is None or found[1] != (c.name, c.place):
-            made = conversations.ensure(
-                conn, c.platform, c.channel_id, c.thread_id, c.private, c.name, c.place
-            )
-            if len(self._conversations) > CACHE_SIZE:
-                self._conversations.clear()
-            found = self._conversations[key] = (made, (c.name, c.place))
-        return found[0]
-
-    def _receive(self, conn: Connection, event: Event, agent_id: int | None) -> Received | None:
-        """Put the event in the inbox (None if it is a redelivery)."""
-        key = event.source_key
-        if inbox.seen(conn, key):
-            return None
-        if agent_id is None:
-            person = event.person
-            agent_id = self._find_or_create(conn, person.platform, person.user_id, person.name).id
-            if len(self._agents) > CACHE_SIZE:
-                self._agents.clear()
-            self._agents[(person.platform, person.user_id)] = agent_id
-        conversation_id = self._conversation(conn, event.conversation)
-        item = inbox.add(conn, agent_id, key, event_to_json(event))
-        return Received(agent_id, item.id, conversation_id, item.received_at)
-
-    def _store(
-        self, conn: Connection, memory: AgentMemory, event: Event, vector: bytes | None, at: str
-    ) -> Message:
-        text = event.text
-        if event.attachments:
-            names = ", ".join(f"{a.name} ({a.media_type}, {a.size} bytes)" for a in event.attachments)
-            text = f"{text}\n[attached: {names}]".strip()
-        speaking = event.kind is Kind.MESSAGE
-        return memory.store(
-            conn,
-            "user",
-            event.kind.value,
-            text,
-            vector,
-            search_text=event.text if speaking else "",
-            speaker=(event.person.name or None) if speaking else "",
-            source_key=event.source_key or None,
-            created_at=at,
-        )
-
-    def _receive_and_store(
-        self, conn: Connection, event: Event, agent_id: int, vector: bytes | None
-    ) -> tuple[Received, AgentMemory, Message] | None:
-        """For an agent that is free: the event into the inbox and its memory in one transaction."""
-        if inbox.seen(conn, event.source_key):
-            return None
-        conversation_id = self._conversation(conn, event.conversation)
-        memory = self.memory(agents.get(conn, agent_id), Scope(conversation_id, event.conversation.private))
-        at = now_iso()
-        stored = self._store(conn, memory, event, vector, at)
-        kept = replace(event, text="")  # the text is in the stored message: no second copy
-        item = inbox.add(conn, agent_id, event.source_key, event_to_json(kept), stored.id)
-        return Received(agent_id, item.id, conversation_id, at, stored.id), memory, stored
-
     async def handle(self, event: Event) -> Turn:
         """Answer an event from a person (found by their account). Never raises."""
         return await self._handle(event, None)
@@ -207,15 +107,11 @@ class Runtime:
         return await self._handle(event, agent_id)
 
     async def _handle(self, event: Event, agent_id: int | None) -> Turn:
-        known = (
-            agent_id
-            if agent_id is not None
-            else self._agents.get((event.person.platform, event.person.user_id))
-        )
+        known = agent_id if agent_id is not None else self.reception.known(event.person)
         if known is not None and not self.locks.busy(known):
             return await self._answer_now(known, event)
         try:
-            received = await self.db.run(self._receive, event, agent_id)
+            received = await self.db.run(self.reception.receive, event, agent_id)
         except Exception as exc:
             return await self._lost(event, exc)
         if received is None:
@@ -225,28 +121,15 @@ class Runtime:
     async def _answer_now(self, agent_id: int, event: Event) -> Turn:
         """The agent is free: take it at once and store the event with its inbox row together."""
         async with self.locks.hold(agent_id):
-            vector = await self._vector(agent_id, event)
+            vector = await self.reception.vector(agent_id, event)
             try:
-                found = await self.db.run(self._receive_and_store, event, agent_id, vector)
+                found = await self.db.run(self.reception.receive_and_store, event, agent_id, vector)
             except Exception as exc:
                 return await self._lost(event, exc)
             if found is None:
                 return _duplicate(event)
             received, memory, stored = found
             return await self._run(received, event, (memory, stored))
-
-    async def _vector(self, agent_id: int, event: Event) -> bytes | None:
-        if event.kind is not Kind.MESSAGE or not event.text:
-            return None
-        try:
-            [vector] = await self.embedder.embed([truncate(event.text[:MAX_INDEXED_CHARS], EMBED_MAX_TOKENS)])
-        except MembotError as exc:
-            log.warning(
-                "agent %s: embedder failed (%s); storing the message without its vector", agent_id, exc
-            )
-            self._unembedded.add(agent_id)
-            return None
-        return to_blob(vector)
 
     async def _lost(self, event: Event, exc: BaseException) -> Turn:
         """The event could not be stored: say so (to a person; a heartbeat just fails)."""
@@ -324,21 +207,23 @@ class Runtime:
             await loop.run(turn, ctx, event.kind)
         finally:
             del self._current[received.item_id]
-        if memory.missed_vectors or received.agent_id in self._unembedded:
+        if memory.missed_vectors or received.agent_id in self.reception.unembedded:
             await self._embed_missing(memory)
 
     async def _store_event(self, received: Received, event: Event) -> tuple[AgentMemory, Message]:
         """The event as a message in the agent's memory, in the transaction that marks its turn as
         begun; once only: a replay after a crash reuses the stored message."""
         scope = Scope(received.conversation_id, event.conversation.private)
-        vector = None if received.message_id is not None else await self._vector(received.agent_id, event)
+        vector = (
+            None if received.message_id is not None else await self.reception.vector(received.agent_id, event)
+        )
 
         def begin(conn: Connection) -> tuple[AgentMemory, Message]:
             memory = self.memory(agents.get(conn, received.agent_id), scope)
             if received.message_id is not None:
                 [message] = messages.get_many(conn, received.agent_id, [received.message_id])
             else:
-                message = self._store(conn, memory, event, vector, received.received_at)
+                message = self.reception.store(conn, memory, event, vector, received.received_at)
             inbox.begin(conn, received.agent_id, received.item_id, message.id)
             return memory, message
 
@@ -349,10 +234,10 @@ class Runtime:
         try:
             done = await memory.embed_missing()
         except MembotError as exc:
-            self._unembedded.add(memory.agent_id)
+            self.reception.unembedded.add(memory.agent_id)
             log.warning("agent %s: messages still wait for their vectors: %s", memory.agent_id, exc)
             return
-        self._unembedded.discard(memory.agent_id)
+        self.reception.unembedded.discard(memory.agent_id)
         if done:
             log.info(
                 "agent %s: embedded %d messages stored while the embedder was failing", memory.agent_id, done
@@ -394,7 +279,7 @@ class Runtime:
                 log.warning("agent %s: not answering inbox item %d (%s)", item.agent_id, item.id, why)
                 await self.db.run(inbox.done, item.agent_id, item.id)
                 continue
-            conversation_id = await self.db.run(self._conversation, event.conversation)
+            conversation_id = await self.db.run(self.reception.conversation, event.conversation)
             received = Received(item.agent_id, item.id, conversation_id, item.received_at, item.message_id)
             answering.append(self._answer(received, event))
         if answering:

@@ -175,7 +175,7 @@ async def test_restart_answers_what_was_stored_but_never_answered_once(fake_serv
     fake = fake_server(lambda request: say("answer to: " + last_user_text(request)))
     first = await runtime_for(fake)
     event = dm("pia", "asked just before a crash")
-    await first.db.run(first._receive, event, None)  # received and stored, then the process died
+    await first.db.run(first.reception.receive, event, None)  # received and stored, then the process died
     await first.close()
 
     second = await runtime_for(fake)

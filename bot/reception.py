@@ -1,0 +1,154 @@
+"""Reception: where events arrive. Accounts found or given an agent, conversations recorded,
+each event put in the inbox (and, when its agent is free, in its memory in the same transaction).
+
+The identity and conversation ids seen are remembered in memory (`CACHE_SIZE` of each, then
+forgotten at once), so a known person's message costs one transaction before its turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from bot.embedding import Embedder, to_blob
+from bot.errors import MembotError
+from bot.events import Conversation, Event, Kind, Person, event_to_json
+from bot.memory import EMBED_MAX_TOKENS, MAX_INDEXED_CHARS, AgentMemory, Scope
+from bot.settings import Settings
+from bot.tokens import truncate
+from storage import agents, blocks, conversations, inbox
+from storage.agents import Agent as AgentRecord
+from storage.clock import now_iso
+from storage.db import Connection, Database
+from storage.messages import Message
+
+log = logging.getLogger(__name__)
+
+CACHE_SIZE = 50_000
+PERSONA = (
+    "I am membot, a warm, curious and concise companion. I remember what people tell me, "
+    "follow up on what matters to them, and never pretend to remember what I don't."
+)
+BLOCKS = (
+    ("persona", "Who you are and how you speak. Edit it as you grow."),
+    ("human", "What you know about the user: name, preferences, people, plans."),
+)
+
+
+@dataclass(frozen=True)
+class Received:
+    """An event on disk in the inbox, waiting for its agent or answered by it."""
+
+    agent_id: int
+    item_id: int
+    conversation_id: int
+    received_at: str
+    message_id: int | None = None  # the event in recall memory, once its turn has begun
+
+
+class Reception:
+    def __init__(self, settings: Settings, db: Database, embedder: Embedder) -> None:
+        self.settings = settings
+        self.db = db
+        self.embedder = embedder
+        self.unembedded: set[int] = set()  # agents with messages waiting for a vector
+        self.agents: dict[tuple[str, str], int] = {}  # (platform, user id) -> agent id, as seen
+        self.conversations: dict[tuple[str, str, str], tuple[int, tuple[str, str]]] = {}
+
+    def known(self, person: Person) -> int | None:
+        """The agent id of an account seen before (None: look it up in a transaction)."""
+        return self.agents.get((person.platform, person.user_id))
+
+    def memory(self, agent: AgentRecord, scope: Scope | None = None) -> AgentMemory:
+        return AgentMemory(self.db, self.embedder, agent, scope)
+
+    def find_or_create(self, conn: Connection, platform: str, user_id: str, name: str) -> AgentRecord:
+        """The agent of this account, made (with its private and public blocks) on first contact."""
+        found = agents.find(conn, platform, user_id)
+        if found:
+            return found
+        made = agents.create(conn, platform, user_id, name, self.settings.timezone)
+        human = f"Name: {name}" if name else ""
+        for scope in (blocks.PRIVATE, blocks.PUBLIC):
+            for label, purpose in BLOCKS:
+                value = PERSONA if label == "persona" else human
+                blocks.create(conn, made.id, label, purpose, value, self.settings.block_limit, scope)
+        log.info("created agent %s for %s user %s", made.id, platform, user_id)
+        return made
+
+    def conversation(self, conn: Connection, c: Conversation) -> int:
+        """The conversation's id (made on first sight; names kept current), cached in memory."""
+        key = (c.platform, c.channel_id, c.thread_id)
+        found = self.conversations.get(key)
+        if found is None or found[1] != (c.name, c.place):
+            made = conversations.ensure(
+                conn, c.platform, c.channel_id, c.thread_id, c.private, c.name, c.place
+            )
+            if len(self.conversations) > CACHE_SIZE:
+                self.conversations.clear()
+            found = self.conversations[key] = (made, (c.name, c.place))
+        return found[0]
+
+    def receive(self, conn: Connection, event: Event, agent_id: int | None) -> Received | None:
+        """Put the event in the inbox (None if it is a redelivery)."""
+        key = event.source_key
+        if inbox.seen(conn, key):
+            return None
+        if agent_id is None:
+            person = event.person
+            agent_id = self.find_or_create(conn, person.platform, person.user_id, person.name).id
+            if len(self.agents) > CACHE_SIZE:
+                self.agents.clear()
+            self.agents[(person.platform, person.user_id)] = agent_id
+        conversation_id = self.conversation(conn, event.conversation)
+        item = inbox.add(conn, agent_id, key, event_to_json(event))
+        return Received(agent_id, item.id, conversation_id, item.received_at)
+
+    def store(
+        self, conn: Connection, memory: AgentMemory, event: Event, vector: bytes | None, at: str
+    ) -> Message:
+        """The event as a message of the agent's, inside the caller's transaction."""
+        text = event.text
+        if event.attachments:
+            names = ", ".join(f"{a.name} ({a.media_type}, {a.size} bytes)" for a in event.attachments)
+            text = f"{text}\n[attached: {names}]".strip()
+        speaking = event.kind is Kind.MESSAGE
+        return memory.store(
+            conn,
+            "user",
+            event.kind.value,
+            text,
+            vector,
+            search_text=event.text if speaking else "",
+            speaker=(event.person.name or None) if speaking else "",
+            source_key=event.source_key or None,
+            created_at=at,
+        )
+
+    def receive_and_store(
+        self, conn: Connection, event: Event, agent_id: int, vector: bytes | None
+    ) -> tuple[Received, AgentMemory, Message] | None:
+        """For an agent that is free: the event into the inbox and its memory in one transaction."""
+        if inbox.seen(conn, event.source_key):
+            return None
+        conversation_id = self.conversation(conn, event.conversation)
+        memory = self.memory(agents.get(conn, agent_id), Scope(conversation_id, event.conversation.private))
+        at = now_iso()
+        stored = self.store(conn, memory, event, vector, at)
+        kept = replace(event, text="")  # the text is in the stored message: no second copy
+        item = inbox.add(conn, agent_id, event.source_key, event_to_json(kept), stored.id)
+        return Received(agent_id, item.id, conversation_id, at, stored.id), memory, stored
+
+    async def vector(self, agent_id: int, event: Event) -> bytes | None:
+        """The vector of a person's message, or None if the embedder failed (it follows later)."""
+        if event.kind is not Kind.MESSAGE or not event.text:
+            return None
+        try:
+            [vector] = await self.embedder.embed([truncate(event.text[:MAX_INDEXED_CHARS], EMBED_MAX_TOKENS)])
+        except MembotError as exc:
+            log.warning(
+                "agent %s: embedder failed (%s); storing the message without its vector", agent_id, exc
+            )
+            self.unembedded.add(agent_id)
+            return None
+        return to_blob(vector)
