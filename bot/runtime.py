@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.delivery import Delivery
@@ -174,7 +175,8 @@ class Runtime:
         finally:
             await self.delivery.turn_ended(event.conversation)
         try:
-            await self.db.run(_finish, received.agent_id, received.item_id)
+            if not turn.closed:
+                await self.db.run(_finish, received.agent_id, received.item_id)
         except Exception as exc:
             log.error(
                 "agent %s: could not close its turn (it will be answered again): %s", received.agent_id, exc
@@ -201,6 +203,7 @@ class Runtime:
             self.delivery.dispatch,
             situation(person.name or memory.agent.display_name, event.conversation),
             self.settings.log_content,
+            close=partial(_finish, agent_id=received.agent_id, item_id=received.item_id),
         )
         self._current[received.item_id] = ctx
         try:

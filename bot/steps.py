@@ -54,6 +54,7 @@ class Turn:
     failed: bool = False
     duplicate: bool = False  # a redelivery of a message already received: nothing was done
     stored: bool = False  # the event is in the agent's recall memory
+    closed: bool = False  # the event's inbox row is closed (with the turn's last step)
     prompt_tokens: list[int] = field(default_factory=list)
     activity: list[str] = field(default_factory=list)
     llm_seconds: float = 0.0
@@ -70,6 +71,7 @@ class StepLoop:
         deliver: Deliver,
         where: str = "",
         log_content: bool = False,
+        close: Callable[[Connection], None] | None = None,
     ) -> None:
         self.memory = memory
         self.llm = llm
@@ -79,6 +81,7 @@ class StepLoop:
         self.deliver = deliver
         self.where = where
         self.log_content = log_content
+        self.close = close  # ends the turn on disk; run in the transaction of its last step
 
     async def context(self) -> tuple[list[dict[str, Any]], int, list[Message]]:
         """The main context for the next call, its size in tokens (tool schemas included), and the
@@ -142,14 +145,17 @@ class StepLoop:
     def _store_step(
         self,
         conn: Connection,
+        turn: Turn,
         ctx: ToolContext,
         completion: Completion,
         vector: bytes | None,
         outcomes: list[tuple[ToolCall, ToolOutcome]],
+        fallback: bool,
     ) -> list[ToolOutcome]:
         """The model's answer, each call's effect and each call's result, in one transaction: a
         crash keeps all of the step or none of it. An effect that refuses (a full block) is
-        undone alone, and its call fails."""
+        undone alone, and its call fails. If this step ends the turn (and no fallback answer is
+        still to be sent), the turn is closed in the same transaction."""
         memory, calls = self.memory, completion.tool_calls
         said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
         memory.store(
@@ -167,6 +173,10 @@ class StepLoop:
                 outcome = _apply(conn, ctx, call, outcome)
             memory.append(conn, "tool", "tool", outcome.content, tool_call_id=call.id, tool_name=call.name)
             results.append(outcome)
+        go_on = any(outcome.heartbeat or not outcome.ok for outcome in results)
+        if self.close is not None and not fallback and (not go_on or turn.steps >= self.max_steps):
+            self.close(conn)
+            turn.closed = True
         return results
 
     def hand_over(self, ctx: ToolContext) -> None:
@@ -195,10 +205,13 @@ class StepLoop:
         outcomes = [(call, await self.tools.call(ctx, call.name, call.arguments)) for call in calls]
         said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
         vector = await self.memory.embedding("\n".join(s for s in said if s) if calls else completion.content)
-        results = await self.memory.db.run(self._store_step, ctx, completion, vector, outcomes)
+        fallback = not calls and bool(completion.content.strip()) and kind is Kind.MESSAGE and not ctx.sent
+        results = await self.memory.db.run(
+            self._store_step, turn, ctx, completion, vector, outcomes, fallback
+        )
         self.hand_over(ctx)
         if not calls:
-            if completion.content.strip() and kind is Kind.MESSAGE and not ctx.sent:
+            if fallback:
                 await self.notify(ctx, completion.content.strip())
             return False
         go_on = False
