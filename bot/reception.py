@@ -59,6 +59,10 @@ class Reception:
         """The agent id of an account seen before (None: look it up in a transaction)."""
         return self.agents.get((person.platform, person.user_id))
 
+    def forget(self, person: Person) -> None:
+        """Drop what is remembered of an account (its agent was deleted or it was linked away)."""
+        self.agents.pop((person.platform, person.user_id), None)
+
     def memory(self, agent: AgentRecord, scope: Scope | None = None) -> AgentMemory:
         return AgentMemory(self.db, self.embedder, agent, scope)
 

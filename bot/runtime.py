@@ -33,7 +33,7 @@ from storage import agents, inbox, messages, migrations, vectors
 from storage.agents import Agent as AgentRecord
 from storage.clock import from_iso
 from storage.db import LOCK_WAIT, Connection, Database
-from storage.errors import StorageError
+from storage.errors import AgentNotFoundError, StorageError
 from storage.messages import Message
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,12 @@ class Runtime:
     async def _handle(self, event: Event, agent_id: int | None) -> Turn:
         known = agent_id if agent_id is not None else self.reception.known(event.person)
         if known is not None and not self.locks.busy(known):
-            return await self._answer_now(known, event)
+            try:
+                return await self._answer_now(known, event)
+            except AgentNotFoundError:  # forgotten, or the account was linked to another agent
+                if agent_id is not None:
+                    return await self._lost(event, StorageError(f"there is no agent {agent_id}"))
+                self.reception.forget(event.person)
         try:
             received = await self.db.run(self.reception.receive, event, agent_id)
         except Exception as exc:
@@ -125,6 +130,8 @@ class Runtime:
             vector = await self.reception.vector(agent_id, event)
             try:
                 found = await self.db.run(self.reception.receive_and_store, event, agent_id, vector)
+            except AgentNotFoundError:
+                raise
             except Exception as exc:
                 return await self._lost(event, exc)
             if found is None:

@@ -260,3 +260,19 @@ async def test_a_public_channel_gets_the_reply_in_its_own_conversation(fake_serv
     [sent] = platform.sent
     assert sent.conversation == CHANNEL and sent.reply_to == "1700000000.0001" and sent.recipient == "jo"
     assert platform.signals == [("started", "C-general"), ("ended", "C-general")]
+
+
+async def test_an_account_whose_agent_was_deleted_gets_a_new_one(fake_server, runtime_for):
+    from storage import lifecycle
+
+    fake = fake_server(lambda request: say("hello " + last_user_text(request)))
+    runtime = await runtime_for(fake)
+    runtime.register_sender("chat", RecordingPlatform())
+    await runtime.handle(dm("uma", "first"))
+    old = await runtime.agent_for("chat", "uma")
+    await runtime.db.run(lifecycle.delete_agent, old.id)
+    turn = await runtime.handle(dm("uma", "after being forgotten"))
+    assert turn.replies == ["hello after being forgotten"]
+    new = await runtime.agent_for("chat", "uma")
+    stored = [m.content for m in await runtime.db.run(messages.in_context, new.id) if m.role == "user"]
+    assert stored == ["after being forgotten"]  # a fresh agent: nothing of the deleted one
