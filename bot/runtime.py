@@ -265,7 +265,7 @@ class Runtime:
         try:
             record = await self.db.run(agents.get, received.agent_id)
             ctx = ctx or ToolContext(self.memory(record), address)
-            await self.db.run(ctx.send, text)
+            await self.db.run(ctx.notice, text)
             turn.replies = [*ctx.sent, *(e.text for e in ctx.queued)]
             self.delivery.dispatch(list(ctx.queued))
             ctx.queued.clear()

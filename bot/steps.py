@@ -157,6 +157,8 @@ class StepLoop:
         undone alone, and its call fails. If this step ends the turn (and no fallback answer is
         still to be sent), the turn is closed in the same transaction."""
         memory, calls = self.memory, completion.tool_calls
+        ctx.queued.clear()  # if this transaction is tried again, nothing of the first try is kept
+        turn.closed = False
         said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
         memory.store(
             conn,
@@ -189,7 +191,7 @@ class StepLoop:
     async def notify(self, ctx: ToolContext, text: str) -> None:
         """Send the person a message the agent did not write with send_message (a fallback
         answer, a notice that something failed)."""
-        await self.memory.db.run(ctx.send, text)
+        await self.memory.db.run(ctx.notice, text)
         self.hand_over(ctx)
 
     async def step(self, turn: Turn, ctx: ToolContext, kind: Kind) -> bool:

@@ -76,6 +76,12 @@ class ToolContext:
         self.queued.append(entry)
         return entry
 
+    def notice(self, conn: Connection, text: str) -> outbox.Entry:
+        """`send` as a transaction of its own (what a failed or retried transaction left queued
+        was never committed, so it is dropped first)."""
+        self.queued.clear()
+        return self.send(conn, text)
+
 
 @dataclass(frozen=True)
 class ToolOutcome:
