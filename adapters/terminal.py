@@ -13,8 +13,7 @@ import asyncio
 import re
 from typing import TextIO
 
-from bot.errors import InvalidInput
-from bot.events import Conversation, Event, Outgoing, Person, SenderClosed
+from bot.events import Conversation, Event, InvalidInput, Outgoing, Person, SenderClosed
 from bot.runtime import Runtime
 
 PLATFORM = "terminal"

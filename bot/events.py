@@ -2,7 +2,8 @@
 
 An adapter turns each platform event into an `Event` and hands it to `Runtime.handle`; it
 registers a `Sender` with `Runtime.register_sender` that delivers the core's `Outgoing` messages.
-Nothing else of the core is an adapter's business.
+Nothing else of the core is an adapter's business (`InvalidInput`, re-exported here, is what a
+person's bad request to the runtime raises, e.g. an unknown time zone).
 
 - `Person`: who speaks, by platform user id (never by display name: names can be faked).
 - `Conversation`: where: the platform's channel id, a thread id if any, and whether it is
@@ -27,6 +28,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
+
+from bot.errors import InvalidInput
+
+__all__ = [
+    "Attachment",
+    "Conversation",
+    "DeliveryError",
+    "Event",
+    "InvalidInput",
+    "Kind",
+    "Outgoing",
+    "Person",
+    "Sender",
+    "SenderClosed",
+    "event_from_json",
+    "event_to_json",
+]
 
 
 class Kind(StrEnum):

@@ -41,3 +41,23 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
     assert ci in readme
+
+
+def test_platform_adapters_use_only_the_neutral_types_and_the_runtime():
+    """A platform adapter is a translation: it speaks bot.events and bot.runtime, nothing else of
+    the core (the command line and the evaluation are not platform adapters)."""
+    not_platforms = {"__init__.py", "cli.py", "commands.py", "evaluate.py"}
+    for path in (ROOT / "adapters").glob("*.py"):
+        if path.name in not_platforms:
+            continue
+        ours = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.split(".")[0] in {"bot", "storage"}
+            ):
+                ours.add(node.module)
+            elif isinstance(node, ast.Import):
+                ours.update(a.name for a in node.names if a.name.split(".")[0] in {"bot", "storage"})
+        assert ours <= {"bot.events", "bot.runtime"}, f"{path.name} imports {ours}"
