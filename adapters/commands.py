@@ -14,10 +14,9 @@ import sys
 
 from adapters import evaluate
 from bot import logs
-from bot.errors import ConfigError, MembotError
+from bot.errors import ConfigError, MembotError, StorageError
+from bot.runtime import check_database
 from bot.settings import Settings, load_settings
-from storage.db import check_writable
-from storage.errors import StorageError
 
 WRITERS = ("chat", "discord", "slack", "run", "reembed")
 NEED_MODEL = ("chat", "discord", "slack", "run")
@@ -61,7 +60,7 @@ def _prepare(settings: Settings, command: str) -> None:
     if command in NEED_MODEL:
         settings.llm_api_key()
     if command in WRITERS:
-        check_writable(settings.db, settings.db_lock_wait)
+        check_database(settings)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from bot.tools import Address, ToolContext
 from storage import agents, inbox, messages, migrations, vectors
 from storage.agents import Agent as AgentRecord
 from storage.clock import from_iso
-from storage.db import LOCK_WAIT, Connection, Database
+from storage.db import LOCK_WAIT, Connection, Database, check_writable
 from storage.errors import AgentNotFoundError, StorageError
 from storage.messages import Message
 
@@ -319,6 +319,11 @@ def _finish(conn: Connection, agent_id: int, item_id: int) -> None:
 
 def _get_message(conn: Connection, agent_id: int, message_id: int) -> list[Message]:
     return messages.get_many(conn, agent_id, [message_id])
+
+
+def check_database(settings: Settings) -> None:
+    """Fail at start, in one line naming the fix, if MEMBOT_DB cannot be created or written."""
+    check_writable(settings.db, settings.db_lock_wait)
 
 
 async def open_database(path: str, model: str, dim: int, lock_wait: float = LOCK_WAIT) -> Database:

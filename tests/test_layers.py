@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ALLOWED = {"storage": {"storage"}, "bot": {"bot", "storage"}, "adapters": {"adapters", "bot", "storage"}}
+ALLOWED = {"storage": {"storage"}, "bot": {"bot", "storage"}, "adapters": {"adapters", "bot"}}
 PLATFORM_SDKS = {"discord", "slack_bolt", "slack_sdk"}
 
 
