@@ -317,10 +317,6 @@ def _finish(conn: Connection, agent_id: int, item_id: int) -> None:
     agents.touch(conn, agent_id)
 
 
-def _get_message(conn: Connection, agent_id: int, message_id: int) -> list[Message]:
-    return messages.get_many(conn, agent_id, [message_id])
-
-
 def check_database(settings: Settings) -> None:
     """Fail at start, in one line naming the fix, if MEMBOT_DB cannot be created or written."""
     check_writable(settings.db, settings.db_lock_wait)

@@ -49,13 +49,6 @@ def add(conn: Connection, agent_id: int, source_key: str, event: str, message_id
     return Item(int(cursor.lastrowid), *values)
 
 
-def get(conn: Connection, agent_id: int, item_id: int) -> Item:
-    row = conn.execute(
-        f"SELECT {COLUMNS} FROM inbox WHERE agent_id = ? AND id = ?", (agent_id, item_id)
-    ).fetchone()
-    return Item(*row)
-
-
 def begin(conn: Connection, agent_id: int, item_id: int, message_id: int | None) -> None:
     """A turn for this item has begun (its event is stored as `message_id`, if not already)."""
     conn.execute(

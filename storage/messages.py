@@ -278,12 +278,6 @@ def searchable_texts(
     return [(int(i), str(text), bool(private)) for i, text, private in rows]
 
 
-def by_source(conn: Connection, source_key: str) -> int | None:
-    """The id of the message stored under this platform key, if any (for dropping redeliveries)."""
-    row = conn.execute("SELECT id FROM messages WHERE source_key = ?", (source_key,)).fetchone()
-    return int(row[0]) if row else None
-
-
 def mark_unembedded(conn: Connection, agent_id: int, message_id: int) -> None:
     """Remember that this message was stored without its vector (the embedder failed)."""
     conn.execute(

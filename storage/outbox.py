@@ -54,13 +54,6 @@ def add(
     )
 
 
-def get(conn: Connection, agent_id: int, entry_id: int) -> Entry:
-    row = conn.execute(
-        f"SELECT {COLUMNS} FROM outbox WHERE agent_id = ? AND id = ?", (agent_id, entry_id)
-    ).fetchone()
-    return Entry(*row)
-
-
 def for_agent(conn: Connection, agent_id: int, limit: int = 100) -> list[Entry]:
     rows = conn.execute(
         f"SELECT {COLUMNS} FROM outbox WHERE agent_id = ? ORDER BY id DESC LIMIT ?", (agent_id, limit)
