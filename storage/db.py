@@ -39,6 +39,10 @@ T = TypeVar("T")
 
 Connection = Any  # sqlite3.Connection or sqlean's twin; both follow the DB-API.
 
+# Prepared statements kept per connection. sqlean's cache evicts the newest, least-used entry
+# first, so once it is full of one-off statements a hot statement can be prepared anew every
+# time; searches add one-off ones (IN lists of every length). Room for them, and the hot ones.
+STATEMENT_CACHE = 512
 BUSY_TIMEOUT_MS = 5000  # a connection's busy timeout; a Database try waits at most lock_wait.TRY_MS
 LOCK_WAIT = 120.0  # seconds in all one call waits for another process's lock (MEMBOT_DB_LOCK_WAIT)
 
@@ -101,7 +105,11 @@ def connect(
             raise folder_error(exc, target) from exc
     try:
         conn = module.connect(
-            target, isolation_level=None, check_same_thread=False, factory=_connection_class(module)
+            target,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_connection_class(module),
+            cached_statements=STATEMENT_CACHE,
         )
     except module.DatabaseError as exc:
         raise storage_error(exc, target) from exc
