@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from bot import dates, retrieval
 from bot.embedding import Embedder, to_blob
-from bot.errors import ModelError
+from bot.errors import MembotError
 from bot.tokens import truncate
 from storage import agents, blocks, conversations, lifecycle, messages, passages
 from storage.agents import Agent
@@ -106,6 +106,19 @@ def _places(conn: Connection, queue: list[Message]) -> dict[int, str]:
     return found
 
 
+async def vector_or_none(embedder: Embedder, agent_id: int, text: str) -> bytes | None:
+    """The vector of a message to store (its first MAX_INDEXED_CHARS), or None if there is no text
+    or the embedder failed: the message is stored anyway and embedded later."""
+    if not text:
+        return None
+    try:
+        [vector] = await embedder.embed([truncate(text[:MAX_INDEXED_CHARS], EMBED_MAX_TOKENS)])
+    except MembotError as exc:
+        log.warning("agent %s: embedder failed (%s); storing the message without its vector", agent_id, exc)
+        return None
+    return to_blob(vector)
+
+
 class AgentMemory:
     def __init__(self, db: Database, embedder: Embedder, agent: Agent, scope: Scope | None = None) -> None:
         self.db = db
@@ -142,16 +155,10 @@ class AgentMemory:
     # recall memory
     async def embedding(self, search_text: str) -> bytes | None:
         """The vector of a message to store, or None if the embedder failed (it follows later)."""
-        if not search_text:
-            return None
-        try:
-            return await self.vector(search_text[:MAX_INDEXED_CHARS])
-        except ModelError as exc:
+        vector = await vector_or_none(self.embedder, self.agent_id, search_text)
+        if search_text and vector is None:
             self.missed_vectors = True
-            log.warning(
-                "agent %s: embedder failed (%s); storing the message without its vector", self.agent_id, exc
-            )
-            return None
+        return vector
 
     def store(
         self,

@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from bot.embedding import Embedder, to_blob
-from bot.errors import MembotError
+from bot.embedding import Embedder
 from bot.events import Conversation, Event, Kind, Person, event_to_json
-from bot.memory import EMBED_MAX_TOKENS, MAX_INDEXED_CHARS, AgentMemory, Scope
+from bot.memory import AgentMemory, Scope, vector_or_none
 from bot.settings import Settings
-from bot.tokens import truncate
 from storage import agents, blocks, conversations, inbox
 from storage.agents import Agent as AgentRecord
 from storage.clock import now_iso
@@ -145,14 +143,9 @@ class Reception:
 
     async def vector(self, agent_id: int, event: Event) -> bytes | None:
         """The vector of a person's message, or None if the embedder failed (it follows later)."""
-        if event.kind is not Kind.MESSAGE or not event.text:
+        if event.kind is not Kind.MESSAGE:
             return None
-        try:
-            [vector] = await self.embedder.embed([truncate(event.text[:MAX_INDEXED_CHARS], EMBED_MAX_TOKENS)])
-        except MembotError as exc:
-            log.warning(
-                "agent %s: embedder failed (%s); storing the message without its vector", agent_id, exc
-            )
+        vector = await vector_or_none(self.embedder, agent_id, event.text)
+        if event.text and vector is None:
             self.unembedded.add(agent_id)
-            return None
-        return to_blob(vector)
+        return vector

@@ -148,6 +148,7 @@ class StepLoop:
         turn: Turn,
         ctx: ToolContext,
         completion: Completion,
+        search_text: str,
         vector: bytes | None,
         outcomes: list[tuple[ToolCall, ToolOutcome]],
         fallback: bool,
@@ -159,7 +160,6 @@ class StepLoop:
         memory, calls = self.memory, completion.tool_calls
         ctx.queued.clear()  # if this transaction is tried again, nothing of the first try is kept
         turn.closed = False
-        said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
         memory.store(
             conn,
             "assistant",
@@ -167,7 +167,7 @@ class StepLoop:
             completion.content,
             vector,
             tool_calls=json.dumps([c.wire() for c in calls]) if calls else None,
-            search_text="\n".join(s for s in said if s) if calls else completion.content,
+            search_text=search_text,
         )
         results = []
         for call, outcome in outcomes:
@@ -206,10 +206,11 @@ class StepLoop:
                 log.info("agent %s thinks: %s", self.memory.agent_id, completion.content)
         outcomes = [(call, await self.tools.call(ctx, call.name, call.arguments)) for call in calls]
         said = [_message_argument(c.arguments) for c in calls if c.name == "send_message"]
-        vector = await self.memory.embedding("\n".join(s for s in said if s) if calls else completion.content)
+        search_text = "\n".join(s for s in said if s) if calls else completion.content
+        vector = await self.memory.embedding(search_text)
         fallback = not calls and bool(completion.content.strip()) and kind is Kind.MESSAGE and not ctx.sent
         results = await self.memory.db.run(
-            self._store_step, turn, ctx, completion, vector, outcomes, fallback
+            self._store_step, turn, ctx, completion, search_text, vector, outcomes, fallback
         )
         self.hand_over(ctx)
         if not calls:

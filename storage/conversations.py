@@ -47,7 +47,7 @@ def ensure(
         "INSERT INTO conversations (platform, channel_id, thread_id, private, name, place, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform, channel_id, thread_id) DO UPDATE SET "
         "name = CASE WHEN excluded.name != '' THEN excluded.name ELSE name END, "
-        "place = CASE WHEN excluded.place != '' THEN excluded.place ELSE place END RETURNING id, private",
+        "place = CASE WHEN excluded.place != '' THEN excluded.place ELSE place END RETURNING id",
         (platform, channel_id, thread_id, int(private), name, place, now_iso()),
     ).fetchone()
     return int(row[0])

@@ -32,13 +32,6 @@ def find(conn: Connection, platform: str, platform_user_id: str) -> Identity | N
     return Identity(*row) if row else None
 
 
-def for_agent(conn: Connection, agent_id: int) -> list[Identity]:
-    rows = conn.execute(
-        f"SELECT {COLUMNS} FROM identities WHERE agent_id = ? ORDER BY created_at", (agent_id,)
-    )
-    return [Identity(*row) for row in rows]
-
-
 def link(
     conn: Connection, platform: str, platform_user_id: str, agent_id: int, display_name: str = ""
 ) -> Identity:
@@ -51,10 +44,3 @@ def link(
     found = find(conn, platform, platform_user_id)
     assert found is not None
     return found
-
-
-def rename(conn: Connection, platform: str, platform_user_id: str, display_name: str) -> None:
-    conn.execute(
-        "UPDATE identities SET display_name = ? WHERE platform = ? AND platform_user_id = ?",
-        (display_name, platform, platform_user_id),
-    )

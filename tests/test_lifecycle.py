@@ -17,16 +17,14 @@ from storage import (
     inbox,
     lifecycle,
     messages,
-    migrations,
     outbox,
     passages,
     vectors,
 )
 from storage.clock import to_iso
 from storage.db import Database, connect
-from storage.vector_cache import VectorCache
+from tests.test_vector_cache import DIM, cache_of, open_db
 
-DIM = 8
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 RNG = np.random.default_rng(7)
 
@@ -38,19 +36,6 @@ def unit() -> bytes:
 
 def at(minutes: float, microseconds: int = 0) -> str:
     return to_iso(T0 + timedelta(minutes=minutes, microseconds=microseconds))
-
-
-def open_db(path: Path, min_vectors: int = 100) -> Database:
-    db = Database(path)
-    cache_of(db).min_vectors = min_vectors
-    db.call(migrations.migrate)
-    db.call(vectors.ensure, "test-model", DIM)
-    return db
-
-
-def cache_of(db: Database) -> VectorCache:
-    assert db.vector_cache is not None
-    return db.vector_cache
 
 
 def say(
