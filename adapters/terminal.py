@@ -13,11 +13,10 @@ import asyncio
 import re
 from typing import TextIO
 
-from bot.events import Conversation, Event, InvalidInput, Outgoing, Person, SenderClosed
+from bot.events import Conversation, Event, Outgoing, Person, SenderClosed
 from bot.runtime import Runtime
 
 PLATFORM = "terminal"
-HELP = "Commands: /memory shows what I remember, /timezone ZONE sets your time zone, /exit quits."
 # ANSI/VT escape sequences (CSI, OSC, other ESC sequences) and the C0/C1 controls but tab and newline
 UNPRINTABLE = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
@@ -51,44 +50,12 @@ class TerminalSender:
         return None
 
 
-async def show_memory(runtime: Runtime, user: str, out: TextIO) -> None:
-    memory = runtime.memory(await runtime.agent_for(PLATFORM, user, user))
-    for block in await memory.blocks():
-        out.write(f"[{block.label}] {len(block.value)}/{block.char_limit} chars - {block.description}\n")
-        out.write(printable(block.value or "(empty)") + "\n\n")
-    stats = await memory.stats()
-    agent = await memory.refresh()
-    out.write(
-        f"recall memory: {stats.recall_messages} messages; archival memory: {stats.archival_passages} "
-        f"passages; summary covers {agent.summary_covers} messages; time zone {agent.timezone}\n"
-    )
-    out.flush()
-
-
-async def set_timezone(runtime: Runtime, user: str, zone: str, out: TextIO) -> None:
-    agent = await runtime.agent_for(PLATFORM, user, user)
-    try:
-        out.write(f"Your time zone is now {await runtime.set_timezone(agent.id, zone)}.\n")
-    except InvalidInput as exc:
-        out.write(f"{exc}\n")
-    out.flush()
-
-
 async def command(runtime: Runtime, user: str, text: str, out: TextIO) -> bool:
     """Run a /command; False if `text` is not one."""
-    name, _, argument = text.strip().partition(" ")
-    name = name.lower()
-    if name == "/memory":
-        await show_memory(runtime, user, out)
-    elif name == "/timezone":
-        if argument.strip():
-            await set_timezone(runtime, user, argument, out)
-        else:
-            out.write("Usage: /timezone ZONE, for example /timezone Europe/Sofia\n")
-    elif name == "/help":
-        out.write(HELP + "\n")
-    else:
+    answer = await runtime.command(Person(PLATFORM, user, user), text)
+    if answer is None:
         return False
+    out.write(printable(answer) + "\n")
     out.flush()
     return True
 
@@ -102,7 +69,7 @@ async def chat(runtime: Runtime, user: str, verbose: bool, stdin: TextIO, out: T
     await runtime.recover(lambda event: event.conversation.channel_id == conversation.channel_id)
     person = Person(PLATFORM, user, user)
     if interactive:
-        err.write(f"membot: chatting as {user!r}. {HELP}\n")
+        err.write(f"membot: chatting as {user!r}. {await runtime.command(person, '/help')} /exit quits.\n")
     try:
         while True:
             if interactive:

@@ -3,7 +3,8 @@
 An adapter turns each platform event into an `Event` and hands it to `Runtime.handle`; it
 registers a `Sender` with `Runtime.register_sender` that delivers the core's `Outgoing` messages.
 Nothing else of the core is an adapter's business (`InvalidInput`, re-exported here, is what a
-person's bad request to the runtime raises, e.g. an unknown time zone).
+person's bad request to the runtime raises, e.g. an unknown time zone; `ConfigError` is what an
+adapter raises when its platform refuses the credentials: one line naming the fix, exit 1).
 
 - `Person`: who speaks, by platform user id (never by display name: names can be faked).
 - `Conversation`: where: the platform's channel id, a thread id if any, and whether it is
@@ -29,10 +30,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from bot.errors import InvalidInput
+from bot.errors import ConfigError, InvalidInput
 
 __all__ = [
     "Attachment",
+    "ConfigError",
     "Conversation",
     "DeliveryError",
     "Event",

@@ -15,10 +15,12 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot import chat_commands
+from bot.attachments import read_text_files
 from bot.delivery import Delivery
 from bot.embedding import Embedder, make_embedder
 from bot.errors import InvalidInput, MembotError, ModelError
-from bot.events import Event, Kind, Sender, event_from_json
+from bot.events import Event, Kind, Person, Sender, event_from_json
 from bot.llm import LLM
 from bot.locks import AgentLocks
 from bot.memory import AgentMemory, Scope
@@ -55,6 +57,8 @@ class Runtime:
         self.delivery = Delivery(db, settings.log_content)
         self.locks = AgentLocks()
         self._current: dict[int, ToolContext] = {}  # inbox item -> its turn's context, while it runs
+        self._running: set[asyncio.Task[object]] = set()  # tasks inside handle/wake, for drain()
+        self.stopping = False  # set by drain(): new events are stored, answered at the next start
         self.reception = Reception(settings, db, embedder)
 
     @classmethod
@@ -99,6 +103,18 @@ class Runtime:
         await self.db.run(agents.set_timezone, agent_id, zone.strip())
         return zone.strip()
 
+    def is_command(self, text: str) -> bool:
+        """Whether `text` is one of the chat commands (`/memory`, `/timezone ZONE`, `/help`, ...)."""
+        return chat_commands.parse(text) is not None
+
+    async def command(self, person: Person, text: str) -> str | None:
+        """Run a chat command for `person` ('/timezone Europe/Sofia'); its answer, for that person
+        alone, or None if `text` is no command. Never reaches the agent or its memory's messages."""
+        parsed = chat_commands.parse(text)
+        if parsed is None:
+            return None
+        return await chat_commands.run(self, person, *parsed)
+
     async def handle(self, event: Event) -> Turn:
         """Answer an event from a person (found by their account). Never raises."""
         return await self._handle(event, None)
@@ -108,6 +124,41 @@ class Runtime:
         return await self._handle(event, agent_id)
 
     async def _handle(self, event: Event, agent_id: int | None) -> Turn:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            return await self._handle_inside(event, agent_id)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    async def drain(self, grace: float) -> bool:
+        """Stop answering: events from now on are only stored (the next start answers them), turns
+        under way get `grace` seconds to finish, then are cut off between steps, their inbox rows
+        left open for the next start; outgoing messages get a few seconds more. True if every
+        turn finished."""
+        self.stopping = True
+        running = [task for task in self._running if task is not asyncio.current_task()]
+        finished = True
+        if running:
+            log.info("stopping: waiting up to %.0f s for %d turns to finish", grace, len(running))
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                finished = False
+                log.warning(
+                    "stopping: %d turns cut off; they are answered again at the next start", len(late)
+                )
+                await asyncio.wait(late, timeout=5.0)
+        await self.delivery.idle(5.0)
+        return finished
+
+    async def _handle_inside(self, event: Event, agent_id: int | None) -> Turn:
+        event = await read_text_files(event, self.settings.attachment_max_bytes)
+        if self.stopping:
+            return await self._keep_for_later(event, agent_id)
         known = agent_id if agent_id is not None else self.reception.known(event.person)
         if known is not None and not self.locks.busy(known):
             try:
@@ -123,6 +174,14 @@ class Runtime:
         if received is None:
             return _duplicate(event)
         return await self._answer(received, event)
+
+    async def _keep_for_later(self, event: Event, agent_id: int | None) -> Turn:
+        """While stopping: the event into the inbox only; the next start's recover() answers it."""
+        try:
+            received = await self.db.run(self.reception.receive, event, agent_id)
+        except Exception as exc:
+            return await self._lost(event, exc)
+        return _duplicate(event) if received is None else Turn(failed=True)
 
     async def _answer_now(self, agent_id: int, event: Event) -> Turn:
         """The agent is free: take it at once and store the event with its inbox row together."""

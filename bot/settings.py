@@ -116,6 +116,78 @@ class Settings:
         default="127.0.0.1", metadata=_env("MEMBOT_HTTP_HOST", "address of the HTTP listener")
     )
     http_port: int = field(default=3000, metadata=_env("MEMBOT_HTTP_PORT", "port of the HTTP listener"))
+    discord_api_url: str = field(
+        default="https://discord.com/api/v10",
+        metadata=_env("DISCORD_API_URL", "Discord REST base URL; its GET /gateway also gives the gateway"),
+    )
+    discord_channels: str = field(
+        default="",
+        metadata=_env(
+            "MEMBOT_DISCORD_CHANNELS", "Discord channel ids (comma-separated) where every message is answered"
+        ),
+    )
+    discord_guild: str = field(
+        default="",
+        metadata=_env(
+            "MEMBOT_DISCORD_GUILD", "sync slash commands to this guild id only (development); empty: global"
+        ),
+    )
+    discord_shards: str = field(
+        default="",
+        metadata=_env("MEMBOT_DISCORD_SHARDS", "empty: one connection; auto or a number: AutoShardedClient"),
+    )
+    attachment_max_bytes: int = field(
+        default=20_000,
+        metadata=_env(
+            "MEMBOT_ATTACHMENT_MAX_BYTES", "largest text file (.txt, .md) read from a chat message"
+        ),
+    )
+    heartbeat_minutes: float = field(
+        default=240.0,
+        metadata=_env(
+            "MEMBOT_HEARTBEAT_MINUTES", "minutes between an agent's heartbeats (fractions allowed; 0: off)"
+        ),
+    )
+    quiet_hours: str = field(
+        default="22-08",
+        metadata=_env(
+            "MEMBOT_QUIET_HOURS", "no unprompted message in these local hours (22-08, 9-17; empty: none)"
+        ),
+    )
+    max_unprompted_per_day: int = field(
+        default=1,
+        metadata=_env("MEMBOT_MAX_UNPROMPTED_PER_DAY", "unprompted messages a person gets a day at most"),
+    )
+    active_skip_minutes: float = field(
+        default=30.0,
+        metadata=_env("MEMBOT_ACTIVE_SKIP_MINUTES", "skip a heartbeat if the person spoke this recently"),
+    )
+    heartbeat_idle_days: float = field(
+        default=30.0,
+        metadata=_env(
+            "MEMBOT_HEARTBEAT_IDLE_DAYS", "stop heartbeats for people silent this many days (0: never)"
+        ),
+    )
+    reminder_grace_hours: float = field(
+        default=24.0,
+        metadata=_env(
+            "MEMBOT_REMINDER_GRACE_HOURS",
+            "a reminder that came due while membot was down is still sent this late",
+        ),
+    )
+    shutdown_grace: float = field(
+        default=30.0,
+        metadata=_env("MEMBOT_SHUTDOWN_GRACE", "seconds running turns get to finish on SIGINT/SIGTERM"),
+    )
+
+    @property
+    def quiet_range(self) -> tuple[int, int] | None:
+        """MEMBOT_QUIET_HOURS as (start, end) local hours, end exclusive; None when unset."""
+        return parse_quiet_hours(self.quiet_hours)
+
+    @property
+    def discord_channel_ids(self) -> frozenset[str]:
+        return frozenset(part.strip() for part in self.discord_channels.split(",") if part.strip())
 
     @property
     def uses_openai_cloud(self) -> bool:
@@ -131,6 +203,24 @@ class Settings:
                 "to a local OpenAI-compatible server such as http://localhost:11434/v1 (Ollama)."
             )
         return "not-needed"
+
+
+def parse_quiet_hours(text: str) -> tuple[int, int] | None:
+    """'22-08' -> (22, 8): from 22:00 to 08:00 local time; '' -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    start, sep, end = text.partition("-")
+    try:
+        hours = (int(start), int(end))
+    except ValueError:
+        hours = (-1, -1)
+    if not sep or not all(0 <= h <= 24 for h in hours) or hours[0] == hours[1]:
+        raise ConfigError(
+            f"MEMBOT_QUIET_HOURS={text!r} is not a range of whole hours; write START-END such as 22-08 "
+            "or 9-17, or leave it empty for none."
+        )
+    return hours[0] % 24, hours[1] % 24
 
 
 def env_names() -> list[str]:
@@ -195,6 +285,22 @@ def _validate(s: Settings) -> None:
         )
     if s.db_lock_wait < 0:
         raise ConfigError("MEMBOT_DB_LOCK_WAIT must be 0 or more seconds (0: do not wait for a lock).")
+    if s.heartbeat_minutes < 0 or s.active_skip_minutes < 0 or s.heartbeat_idle_days < 0:
+        raise ConfigError(
+            "MEMBOT_HEARTBEAT_MINUTES, MEMBOT_ACTIVE_SKIP_MINUTES and MEMBOT_HEARTBEAT_IDLE_DAYS must be 0 or more."
+        )
+    if s.max_unprompted_per_day < 0 or s.reminder_grace_hours < 0 or s.shutdown_grace < 0:
+        raise ConfigError(
+            "MEMBOT_MAX_UNPROMPTED_PER_DAY, MEMBOT_REMINDER_GRACE_HOURS and MEMBOT_SHUTDOWN_GRACE must be 0 or more."
+        )
+    if s.attachment_max_bytes < 0:
+        raise ConfigError("MEMBOT_ATTACHMENT_MAX_BYTES must be 0 (read no files) or more.")
+    shards = s.discord_shards.strip().lower()
+    if shards and shards != "auto" and not (shards.isdigit() and int(shards) > 0):
+        raise ConfigError(
+            f"MEMBOT_DISCORD_SHARDS={s.discord_shards!r}: leave it empty, or set auto or a shard count."
+        )
+    parse_quiet_hours(s.quiet_hours)
     try:
         ZoneInfo(s.timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -206,6 +312,10 @@ def _validate(s: Settings) -> None:
             f"MEMBOT_EMBEDDER={s.embedder!r} is not known; use 'wordllama' or 'openai:MODEL' "
             "(for example openai:text-embedding-3-small or openai:nomic-embed-text)."
         )
-    for name, url in (("OPENAI_BASE_URL", s.openai_base_url), ("SLACK_API_URL", s.slack_api_url)):
+    for name, url in (
+        ("OPENAI_BASE_URL", s.openai_base_url),
+        ("SLACK_API_URL", s.slack_api_url),
+        ("DISCORD_API_URL", s.discord_api_url),
+    ):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{name} must start with http:// or https://, not {url!r}.")

@@ -1,0 +1,85 @@
+"""The commands a person gives in chat, the same words on every platform.
+
+`/memory` (what the bot keeps: core memory blocks and counts), `/timezone ZONE`, `/help`. An
+adapter hands the words to `Runtime.command` (typed in a DM or the terminal, or from a slash
+command's options) and shows the answer to that person alone (ephemeral where the platform can).
+A new command is a function here and a line in `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.errors import InvalidInput
+from bot.events import Person
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+HELP = (
+    "Commands: /memory shows what I remember about you, /timezone ZONE sets your time zone "
+    "(e.g. /timezone Europe/Sofia), /help shows this."
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    runtime: Runtime
+    person: Person
+    argument: str
+
+
+async def memory(request: Request) -> str:
+    runtime, person = request.runtime, request.person
+    agent = await runtime.agent_for(person.platform, person.user_id, person.name)
+    memory = runtime.memory(agent)
+    lines = []
+    for block in await memory.blocks():
+        lines.append(f"[{block.label}] {len(block.value)}/{block.char_limit} chars - {block.description}")
+        lines.append((block.value or "(empty)") + "\n")
+    stats = await memory.stats()
+    agent = await memory.refresh()
+    lines.append(
+        f"recall memory: {stats.recall_messages} messages; archival memory: {stats.archival_passages} "
+        f"passages; summary covers {agent.summary_covers} messages; time zone {agent.timezone}"
+    )
+    return "\n".join(lines)
+
+
+async def timezone(request: Request) -> str:
+    zone = request.argument.strip()
+    if not zone:
+        return "Usage: /timezone ZONE, for example /timezone Europe/Sofia"
+    runtime, person = request.runtime, request.person
+    agent = await runtime.agent_for(person.platform, person.user_id, person.name)
+    try:
+        return f"Your time zone is now {await runtime.set_timezone(agent.id, zone)}."
+    except InvalidInput as exc:
+        return str(exc)
+
+
+async def help_(request: Request) -> str:
+    return HELP
+
+
+COMMANDS: dict[str, Callable[[Request], Awaitable[str]]] = {
+    "memory": memory,
+    "timezone": timezone,
+    "help": help_,
+}
+
+
+def parse(text: str) -> tuple[str, str] | None:
+    """('timezone', 'Europe/Sofia') for '/timezone Europe/Sofia'; None if `text` is no command."""
+    words = text.strip()
+    if not words.startswith("/"):
+        return None
+    name, _, argument = words[1:].partition(" ")
+    name = name.lower()
+    return (name, argument.strip()) if name in COMMANDS else None
+
+
+async def run(runtime: Runtime, person: Person, name: str, argument: str) -> str:
+    return await COMMANDS[name](Request(runtime, person, argument))
