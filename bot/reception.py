@@ -64,12 +64,15 @@ class Reception:
     def memory(self, agent: AgentRecord, scope: Scope | None = None) -> AgentMemory:
         return AgentMemory(self.db, self.embedder, agent, scope)
 
-    def find_or_create(self, conn: Connection, platform: str, user_id: str, name: str) -> AgentRecord:
-        """The agent of this account, made (with its private and public blocks) on first contact."""
+    def find_or_create(
+        self, conn: Connection, platform: str, user_id: str, name: str, timezone: str = ""
+    ) -> AgentRecord:
+        """The agent of this account, made (with its private and public blocks) on first contact,
+        in `timezone` if given (a zone the platform's profile gave) or MEMBOT_TIMEZONE."""
         found = agents.find(conn, platform, user_id)
         if found:
             return found
-        made = agents.create(conn, platform, user_id, name, self.settings.timezone)
+        made = agents.create(conn, platform, user_id, name, timezone or self.settings.timezone)
         human = f"Name: {name}" if name else ""
         for scope in (blocks.PRIVATE, blocks.PUBLIC):
             for label, purpose in BLOCKS:

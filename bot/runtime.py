@@ -85,9 +85,22 @@ class Runtime:
         pending ones go out now (the returned task)."""
         return self.delivery.register(platform, sender, channels)
 
-    async def agent_for(self, platform: str, user_id: str, user_name: str = "") -> AgentRecord:
-        """The agent of this account, made on first contact."""
-        return await self.db.run(self.reception.find_or_create, platform, user_id, user_name)
+    async def agent_for(
+        self, platform: str, user_id: str, user_name: str = "", timezone: str = ""
+    ) -> AgentRecord:
+        """The agent of this account, made on first contact (in `timezone`, an IANA name from the
+        platform's profile, if given and valid; else MEMBOT_TIMEZONE)."""
+        if timezone:
+            try:
+                ZoneInfo(timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                log.warning("ignoring the unknown time zone %r of %s user %s", timezone, platform, user_id)
+                timezone = ""
+        return await self.db.run(self.reception.find_or_create, platform, user_id, user_name, timezone)
+
+    async def find_agent(self, platform: str, user_id: str) -> AgentRecord | None:
+        """The agent of this account if it has one yet (an adapter asks before fetching a profile)."""
+        return await self.db.read(agents.find, platform, user_id)
 
     def memory(self, agent: AgentRecord, scope: Scope | None = None) -> AgentMemory:
         return self.reception.memory(agent, scope)
