@@ -48,7 +48,7 @@ async def test_a_text_file_reaches_the_model_and_others_are_only_named(fake_serv
 
     event = with_files(
         dm("ann", "see my notes"),
-        text_file("notes.md", "# Plan\nbuy teal paint".encode()),
+        text_file("notes.md", b"# Plan\nbuy teal paint"),
         text_file("big.txt", b"x" * 500),
         text_file("latin1.txt", "caf\xe9".encode("latin-1")),
         Attachment("lost.txt", 10, "text/plain", broken),
@@ -102,9 +102,7 @@ def event_text(raw: str) -> str:
     return event_from_json(raw).text
 
 
-async def test_a_turn_past_the_grace_is_cut_off_and_answered_once_at_the_next_start(
-    fake_server, runtime_for
-):
+async def test_a_turn_past_the_grace_is_cut_off_and_answered_once_at_the_next_start(fake_server, runtime_for):
     fake = fake_server(slow(3.0))
     runtime = await runtime_for(fake)
     await runtime.register_sender("chat", RecordingPlatform())
