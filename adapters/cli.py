@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while shutting down just ends it
         _say("membot: interrupted.")
+        if argv is None:  # the real command, not a caller in-process
+            # Ctrl-C can land mid-import, and the interpreter's teardown of a half-imported module
+            # then sometimes ends the process by SIGINT (-2) instead of our 130: leave at once.
+            _flush()
+            os._exit(INTERRUPTED)
         return INTERRUPTED
     except BrokenPipeError:
         _discard_stdout()
@@ -54,6 +59,15 @@ def _discard_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # no usable stdout at all: nothing left to protect
         return
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed: nothing left to flush
+            continue
 
 
 def _say(line: str) -> None:

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from adapters import evaluate
+from adapters import admin, evaluate, load
 from bot import logs
 from bot.errors import ConfigError, MembotError, StorageError
 from bot.runtime import check_database
@@ -30,7 +30,7 @@ from bot.settings import Settings, load_settings
 
 log = logging.getLogger("membot")
 
-WRITERS = ("chat", "discord", "slack", "run", "reembed")
+WRITERS = ("chat", "discord", "slack", "run", "reembed", "import", "forget", "load")
 SERVICES = ("discord", "slack", "run")
 Serve = Callable[[Any, asyncio.Event], Coroutine[Any, Any, None]]  # (runtime, stopping)
 NEED_MODEL = ("chat", "discord", "slack", "run")
@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("slack", help="run the Slack bot")
     commands.add_parser("run", help="run every platform that has a token set")
     evaluate.add_parser(commands)
+    load.add_parser(commands)
     commands.add_parser("reembed", help="re-embed all memory with MEMBOT_EMBEDDER")
+    admin.add_parsers(commands)
     return parser
 
 
@@ -153,13 +155,17 @@ def run(argv: list[str] | None = None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     try:
         settings = load_settings(dotenv_path=args.env_file)
-        logs.setup(settings, quiet=command in ("chat", "eval") and not verbose)
+        logs.setup(settings, quiet=command in ("chat", "eval", "load", *admin.COMMANDS) and not verbose)
         _prepare(settings, command)
         if command == "chat":
             user = getattr(args, "user", None) or getpass.getuser()
             return asyncio.run(_chat(settings, user, verbose))
         if command == "reembed":
             return asyncio.run(_reembed(settings))
+        if command in admin.COMMANDS:
+            return admin.run(settings, args)
+        if command == "load":
+            return asyncio.run(load.run(settings, args))
         if command == "eval":
             return asyncio.run(evaluate.run(settings, args))
         return asyncio.run(_service(settings, _platforms(settings, command)))

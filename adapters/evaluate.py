@@ -64,6 +64,13 @@ async def run(settings: Settings, args: argparse.Namespace, out: TextIO | None =
         report: dict[str, Any] = await recall.evaluate(conversations, embedder, ks, bar.update)
     print_table("Evidence recall@k (turns)", report["recall_at_k"], report["questions"], out)
     print_table("Session recall@k", report["session_recall_at_k"], report["questions"], out)
+    for split, table in report["recall_by_date"].items():
+        if not table:
+            continue
+        title = (
+            f"Evidence recall@k, questions that {'name a date' if split == recall.DATED else 'name no date'}"
+        )
+        print_table(title, table, report["questions_by_date"][split], out)
     print(
         f"\n{report['conversations']} conversations, {report['turns']} turns, embedder {report['embedder']}, "
         f"search p50 {report.get('search_ms', {}).get('p50', 0)} ms",

@@ -30,6 +30,8 @@ REDUCED: dict[str, list[str]] = {
     "tokens_growth": ["--turns", "1000"],
     "archival_scale": ["--spread", "100000", "--agents", "1000", "--single", "20000", "--queries", "200"],
     "concurrency": ["--users", "100"],
+    "scheduler_scale": ["--agents", "10000", "--due", "300"],
+    "documents": [],
 }
 FULL: dict[str, list[str]] = {name: ["--full"] for name in REDUCED}
 
@@ -79,11 +81,33 @@ def _concurrency(r: dict[str, Any]) -> tuple[list[str], bool]:
     return lines, ok
 
 
+def _documents(r: dict[str, Any]) -> tuple[list[str], bool]:
+    loads = ", ".join(f"{x['format']} {x['mb_per_s']} MB/s ({x['passages_per_s']} p/s)" for x in r["load"])
+    s = r["search"]
+    return [
+        f"load: {loads}",
+        f"search over {s['passages']:,} document passages: p50 {s['search_ms']['p50']} ms, "
+        f"p95 {s['search_ms']['p95']} ms",
+    ], True
+
+
+def _scheduler_scale(r: dict[str, Any]) -> tuple[list[str], bool]:
+    late, woke = r["lateness_ms"], r["wake_lateness_ms"]
+    return [
+        f"{r['agents']:,} agents / {r['reminders']:,} reminders: start to armed {r['start_to_armed_ms']} ms, "
+        f"idle sweep {r['idle_sweep_ms']} ms, rss {r['rss_mb']['after_start']} MB",
+        f"{r['due']} due at once: delivered {r['delivered']}, late p50 {late['p50']:.0f} ms, "
+        f"p99 {late['p99']:.0f} ms (woken p50 {woke['p50']:.0f} / p99 {woke['p99']:.0f} ms)",
+    ], r["delivered"] == r["due"]
+
+
 SUMMARY: dict[str, Callable[[dict[str, Any]], tuple[list[str], bool]]] = {
     "turn_overhead": _turn_overhead,
     "tokens_growth": _tokens_growth,
     "archival_scale": _archival_scale,
     "concurrency": _concurrency,
+    "scheduler_scale": _scheduler_scale,
+    "documents": _documents,
 }
 
 

@@ -1,7 +1,7 @@
 """The commands a person gives in chat, the same words on every platform.
 
-`/memory` (what the bot keeps: core memory blocks and counts), `/timezone ZONE`, `/help`. An
-adapter hands the words to `Runtime.command` (typed in a DM or the terminal, or from a slash
+`/memory` (what the bot keeps: core memory blocks and counts), `/timezone ZONE`, `/quiet`
+(`/quiet off`), `/help`. An adapter hands the words to `Runtime.command` (typed in a DM or the terminal, or from a slash
 command's options) and shows the answer to that person alone (ephemeral where the platform can).
 A new command is a function here and a line in `COMMANDS`.
 """
@@ -10,17 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from bot import reminder_tools
 from bot.errors import InvalidInput
 from bot.events import Person
+from bot.loading import summary_line
+from storage import heartbeats
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 HELP = (
     "Commands: /memory shows what I remember about you, /timezone ZONE sets your time zone "
-    "(e.g. /timezone Europe/Sofia), /help shows this."
+    "(e.g. /timezone Europe/Sofia), /quiet stops my unprompted messages (/quiet off allows them "
+    "again), /help shows this."
 )
 
 
@@ -45,6 +50,7 @@ async def memory(request: Request) -> str:
         f"recall memory: {stats.recall_messages} messages; archival memory: {stats.archival_passages} "
         f"passages; summary covers {agent.summary_covers} messages; time zone {agent.timezone}"
     )
+    lines.append(await summary_line(memory))
     return "\n".join(lines)
 
 
@@ -60,6 +66,23 @@ async def timezone(request: Request) -> str:
         return str(exc)
 
 
+async def quiet(request: Request) -> str:
+    """`/quiet`: no more heartbeats (unprompted check-ins) for this person; `/quiet off`: again."""
+    argument = request.argument.strip().lower()
+    if argument not in ("", "on", "off"):
+        return "Usage: /quiet (no unprompted messages from me) or /quiet off (allow them again)."
+    runtime, person = request.runtime, request.person
+    agent = await runtime.agent_for(person.platform, person.user_id, person.name)
+    enabled = argument == "off"
+    await runtime.db.run(heartbeats.set_enabled, agent.id, enabled)
+    if enabled:
+        reminder_tools.changed(datetime.now(UTC))
+        return (
+            "Heartbeats are on again: I may check in with you now and then (your reminders are unaffected)."
+        )
+    return "Quiet: I won't message you unprompted any more (reminders still come). /quiet off undoes it."
+
+
 async def help_(request: Request) -> str:
     return HELP
 
@@ -67,6 +90,7 @@ async def help_(request: Request) -> str:
 COMMANDS: dict[str, Callable[[Request], Awaitable[str]]] = {
     "memory": memory,
     "timezone": timezone,
+    "quiet": quiet,
     "help": help_,
 }
 

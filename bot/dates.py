@@ -1,20 +1,32 @@
-"""Dates named in a search query ("on 3 June, 2023", "in July", "last week") as day predicates.
+"""Dates named in a search query ("on 3 June, 2023", "in July", "last week") as spans of days.
 
-Search boosts messages from the days a query names. Windows are generous on purpose: people say
-"in May" of something that came up in the first days of June, and "on 8 May" of a week around it.
+Search takes its first candidates from the days a query names (see bot.retrieval). Windows are
+generous on purpose: people say "in May" of something that came up in the first days of June, and
+"on 8 May" of a week around it.
 """
 
 from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Callable
-from datetime import date, timedelta
-
-Window = Callable[[date], bool]
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, tzinfo
 
 NEAR_DAY = timedelta(days=7)
 AFTER_MONTH = timedelta(days=10)
+YEARS_BACK = 10  # a month named without a year: that month in each of the last YEARS_BACK years
+
+
+@dataclass(frozen=True)
+class Window:
+    """The days from `first` to `last`, both included, in the person's calendar."""
+
+    first: date
+    last: date
+
+    def __call__(self, day: date) -> bool:
+        return self.first <= day <= self.last
+
 
 MONTHS = {name.lower(): number for number, name in enumerate(calendar.month_name) if name}
 MONTHS.update({name.lower(): number for number, name in enumerate(calendar.month_abbr) if name})
@@ -41,22 +53,12 @@ RELATIVE = {
 
 
 def _between(first: date, last: date) -> Window:
-    return lambda day: first <= day <= last
+    return Window(first, last)
 
 
-def _month_window(year: int | None, month: int) -> Window:
-    if year is not None:
-        first = date(year, month, 1)
-        last = date(year, month, calendar.monthrange(year, month)[1]) + AFTER_MONTH
-        return _between(first, last)
-
-    def any_year(day: date) -> bool:
-        if day.month == month:
-            return True
-        before = day - AFTER_MONTH
-        return before.month == month
-
-    return any_year
+def _month_window(year: int, month: int) -> Window:
+    first = date(year, month, 1)
+    return Window(first, date(year, month, calendar.monthrange(year, month)[1]) + AFTER_MONTH)
 
 
 def _day(year: str, month: str, day: str) -> date | None:
@@ -84,7 +86,9 @@ def windows(query: str, today: date) -> list[Window]:
         word = match["month"]
         if word.lower() == "may" or (len(word) == 3 and not word.istitle()):
             continue  # a bare "may" is a verb far more often than a month; so is "mar", "sat"...
-        found.append(_month_window(None, MONTHS[word.lower()]))
+        month = MONTHS[word.lower()]
+        last = today.year if month <= today.month else today.year - 1
+        found.extend(_month_window(year, month) for year in range(last - YEARS_BACK + 1, last + 1))
     for match in YEAR_ONLY.finditer(text):
         year = int(match["year"])
         found.append(_between(date(year, 1, 1), date(year, 12, 31)))
@@ -93,3 +97,18 @@ def windows(query: str, today: date) -> list[Window]:
         if re.search(rf"\b{phrase}\b", lowered):
             found.append(_between(today - timedelta(days=back), today + timedelta(days=forward)))
     return found
+
+
+def spans(found: list[Window], zone: tzinfo) -> list[tuple[datetime, datetime]]:
+    """The windows as [start, end) instants (the first day's midnight to the day after the last, in
+    `zone`), overlapping ones merged, in order: what a range query over message times needs."""
+    merged: list[list[date]] = []
+    for window in sorted(found, key=lambda w: (w.first, w.last)):
+        if merged and window.first <= merged[-1][1] + timedelta(days=1):
+            merged[-1][1] = max(merged[-1][1], window.last)
+        else:
+            merged.append([window.first, window.last])
+    return [
+        (datetime.combine(first, time.min, zone), datetime.combine(last + timedelta(days=1), time.min, zone))
+        for first, last in merged
+    ]

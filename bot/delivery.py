@@ -60,6 +60,15 @@ class Delivery:
     def unregister(self, platform: str) -> None:
         self._senders.pop(platform, None)
 
+    def served(self) -> dict[str, frozenset[str] | None]:
+        """What this process delivers: platform -> its channel ids (None: every channel of it)."""
+        return {platform: registered.channels for platform, registered in self._senders.items()}
+
+    def serves(self, platform: str, channel_id: str) -> bool:
+        """Whether a message to this platform's channel would be delivered by this process."""
+        registered = self._senders.get(platform)
+        return registered is not None and (registered.channels is None or channel_id in registered.channels)
+
     async def send_pending(self, platform: str) -> int:
         """Hand over every pending message of `platform`; how many were handed over."""
         try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, time, timedelta
 
+from bot import document_tools, reminder_tools
 from bot.errors import ToolError
+from bot.reminder_tools import unprompted
 from bot.tools import Effect, Registry, Tool, ToolContext, tool
 from storage import blocks
 from storage.blocks import PRIVATE, Block
@@ -30,6 +32,8 @@ async def send_message(ctx: ToolContext, message: str) -> Effect:
         raise ToolError("send_message needs a non-empty 'message'.")
 
     def effect(conn: Connection) -> str:
+        if ctx.unprompted_cap is not None:
+            unprompted(conn, ctx, ctx.unprompted_cap)
         ctx.send(conn, message)
         return "Sent."
 
@@ -177,7 +181,13 @@ async def archival_memory_search(ctx: ToolContext, query: str, page: int = 0) ->
     _check_page(page)
     found = await ctx.memory.search_passages(query, SEARCH_DEPTH)
     shown = found[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
-    lines = [f"[{_when(ctx, p.created_at)}] {_clip(p.content)}" for p in shown]
+    sources = await document_tools.sources(ctx, shown)
+    lines = [
+        document_tools.cited(sources[p.id], p.content)
+        if p.id in sources
+        else f"[{_when(ctx, p.created_at)}] {_clip(p.content)}"
+        for p in shown
+    ]
     return _page(lines, len(found), page, "passages")
 
 
@@ -194,10 +204,12 @@ def _describe(ctx: ToolContext, message: Message) -> str:
 async def conversation_search(ctx: ToolContext, query: str, page: int = 0) -> str:
     """Search all past messages with the user (including ones no longer in context).
 
+    Naming a date or period in the query ("on 3 May 2023", "in June 2024", "last week") narrows
+    the search: messages from those days come first, then the rest.
     In a public conversation only what was said in public is found.
 
     Args:
-        query: Words or meaning to look for.
+        query: Words or meaning to look for; add a date to search that time first.
         page: Result page, from 0.
     """
     _check_page(page)
@@ -248,4 +260,4 @@ TOOLS: list[Tool] = [
 
 
 def registry() -> Registry:
-    return Registry(TOOLS)
+    return Registry([*TOOLS, *reminder_tools.TOOLS, *document_tools.DOCUMENT_TOOLS])

@@ -8,6 +8,7 @@ forgotten at once), so a known person's message costs one transaction before its
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bot.embedding import Embedder
@@ -31,6 +32,11 @@ BLOCKS = (
     ("persona", "Who you are and how you speak. Edit it as you grow."),
     ("human", "What you know about the user: name, preferences, people, plans."),
 )
+
+
+# Run inside the transaction that puts a scheduled event in the inbox: False means another
+# process took it first (the scheduler's claim-once), and nothing is stored.
+Claim = Callable[[Connection], bool]
 
 
 @dataclass(frozen=True)
@@ -94,10 +100,12 @@ class Reception:
             found = self.conversations[key] = (made, (c.name, c.place))
         return found[0]
 
-    def receive(self, conn: Connection, event: Event, agent_id: int | None) -> Received | None:
-        """Put the event in the inbox (None if it is a redelivery)."""
+    def receive(
+        self, conn: Connection, event: Event, agent_id: int | None, claim: Claim | None = None
+    ) -> Received | None:
+        """Put the event in the inbox (None if it is a redelivery, or `claim` refused it)."""
         key = event.source_key
-        if inbox.seen(conn, key):
+        if inbox.seen(conn, key) or (claim is not None and not claim(conn)):
             return None
         if agent_id is None:
             person = event.person
@@ -131,10 +139,11 @@ class Reception:
         )
 
     def receive_and_store(
-        self, conn: Connection, event: Event, agent_id: int, vector: bytes | None
+        self, conn: Connection, event: Event, agent_id: int, vector: bytes | None, claim: Claim | None = None
     ) -> tuple[Received, AgentMemory, Message] | None:
-        """For an agent that is free: the event into the inbox and its memory in one transaction."""
-        if inbox.seen(conn, event.source_key):
+        """For an agent that is free: the event into the inbox and its memory in one transaction
+        (None if it is a redelivery, or `claim` refused it)."""
+        if inbox.seen(conn, event.source_key) or (claim is not None and not claim(conn)):
             return None
         conversation_id = self.conversation(conn, event.conversation)
         memory = self.memory(agents.get(conn, agent_id), Scope(conversation_id, event.conversation.private))

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
-from bot.dates import Window
+from bot.dates import Window, spans
 from storage import messages, passages
-from storage.clock import from_iso
+from storage.clock import from_iso, to_iso
 from storage.db import Connection
 from storage.fulltext import words
 from storage.messages import CONVERSATION_GAP, Position
@@ -34,7 +34,8 @@ CANDIDATES = 100
 DENSE_WEIGHT = 1.0
 NEIGHBOUR_WEIGHTS = (0.3, 0.2, 0.1)  # for the messages 1, 2 and 3 turns away
 SPEAKER_BOOST = 0.3
-DATE_BOOST = 0.2
+DATE_FIRST = 1000.0  # how far ahead messages from the days a query names come: all of them first
+WINDOW_LIMIT = 1000  # named days with more messages than this use the overall candidates from them
 
 Ranker = Callable[[Connection, int, str, int, bool], list[tuple[int, float]]]
 Nearest = Callable[[Connection, int, bytes, int, bool], list[tuple[int, float]]]
@@ -131,38 +132,131 @@ def rank_passages(
     return _ordered(scores)[:limit]
 
 
-def rank_messages(
-    conn: Connection, agent_id: int, query: Query, limit: int, before_id: int | None = None
-) -> list[int]:
-    """Ids of this agent's messages best matching `query` (optionally only ids < before_id)."""
+@dataclass(frozen=True)
+class Weights:
+    """The constants of recall ranking (chosen by leave-one-conversation-out on LoCoMo dev, see
+    bench/RESULTS-retrieval.md); a benchmark passes others to compare."""
+
+    dense: float = DENSE_WEIGHT
+    neighbours: tuple[float, ...] = NEIGHBOUR_WEIGHTS
+    speaker: float = SPEAKER_BOOST
+    date: float = DATE_FIRST
+    context: float = messages.CONTEXT_WEIGHT  # BM25 weight of the neighbours' words column
+
+
+WEIGHTS = Weights()
+
+
+@dataclass
+class Pool:
+    """What storage returned for one query, before any constant but the context weight is applied."""
+
+    text: dict[int, float]  # id -> BM25 (higher is better)
+    complete: bool  # text matching returned every match, not a truncated list
+    dense: dict[int, float]  # id -> cosine similarity
+    at: dict[int, Position]  # turn -> position, for the candidates and their neighbours
+    dated: bool = False  # the query names days and some messages are from them
+    window_text: dict[int, float] = field(default_factory=dict)
+    window_complete: bool = True
+    window_dense: dict[int, float] = field(default_factory=dict)
+
+
+def gather(
+    conn: Connection,
+    agent_id: int,
+    query: Query,
+    depth: int,
+    before_id: int | None = None,
+    context: float = messages.CONTEXT_WEIGHT,
+    reach: int = 3,
+) -> Pool:
+    """Read the candidates of a recall search: the best BM25 and vector matches of all messages
+    and, when the query names days, of the messages from those days; plus the positions of every
+    candidate and of the messages up to `reach` turns around it."""
 
     def keep(i: int) -> bool:
         return before_id is None or i < before_id
 
-    depth = max(CANDIDATES, limit * 2)
-    hits = _scaled(
-        _candidates(
-            conn,
-            agent_id,
-            query.text,
-            query.vector,
-            depth,
-            messages.text_matches,
-            messages.nearest,
-            keep,
-            query.public_only,
-        )
+    public = query.public_only
+    matches = messages.text_matches(conn, agent_id, query.text, depth, public, context)
+    pool = Pool(
+        {i: -score for i, score in matches if keep(i)},
+        len(matches) < depth,
+        {i: 1.0 - d for i, d in messages.nearest(conn, agent_id, query.vector, depth, public) if keep(i)},
+        {},
     )
-    if not hits:
-        return []
-    found = messages.positions(conn, agent_id, list(hits), query.public_only)
-    reach = len(NEIGHBOUR_WEIGHTS)
+    members = _members(conn, agent_id, query, keep)
+    if members is not None:
+        pool.dated = bool(members)
+    if members:
+        first, last = min(members), max(members)
+        inside = messages.text_matches(conn, agent_id, query.text, depth, public, context, (first, last))
+        pool.window_text = {i: -score for i, score in inside if i in members}
+        pool.window_complete = len(inside) < depth
+        close = messages.nearest_among(conn, agent_id, query.vector, sorted(members), public)
+        pool.window_dense = {i: 1.0 - d for i, d in close}
+    elif members is None:  # too many to search one by one: the overall candidates from those days
+        pool.dated = True
+    ids = list(pool.text.keys() | pool.dense.keys() | pool.window_text.keys() | pool.window_dense.keys())
+    found = messages.positions(conn, agent_id, ids, public)
     around = {p.turn + d for p in found for d in range(-reach, reach + 1)} - {p.turn for p in found}
-    found += messages.at_turns(conn, agent_id, sorted(t for t in around if t > 0), query.public_only)
-    at = {p.turn: p for p in found if keep(p.id)}
-    times = {turn: from_iso(p.created_at) for turn, p in at.items()}
-    score = {turn: hits.get(p.id, 0.0) for turn, p in at.items()}
+    found += messages.at_turns(conn, agent_id, sorted(t for t in around if t > 0), public)
+    pool.at = {p.turn: p for p in found if keep(p.id)}
+    return pool
+
+
+def _members(conn: Connection, agent_id: int, query: Query, keep: Callable[[int], bool]) -> set[int] | None:
+    """Ids of the messages from the days the query names; None if there are over WINDOW_LIMIT."""
+    found: set[int] = set()
+    for start, end in spans(query.windows, query.zone):
+        left = WINDOW_LIMIT + 1 - len(found)
+        ids = messages.searchable_in(conn, agent_id, to_iso(start), to_iso(end), left, query.public_only)
+        found.update(i for i in ids if keep(i))
+        if len(ids) == left:
+            return None
+    return found
+
+
+def order(pool: Pool, query: Query, weights: Weights = WEIGHTS) -> list[int]:
+    """Ids best first. Without named days: fused text and vector scores, smoothed over neighbours,
+    plus the speaker boost. With them, the messages from those days are ranked the same way among
+    themselves and come `weights.date` ahead of the rest (which follows, ranked as usual)."""
+    times = {turn: from_iso(p.created_at) for turn, p in pool.at.items()}
     conversation = _conversations(times)
+    overall = _scored(pool.at, times, conversation, pool.text, pool.dense, pool.complete, query, weights)
+    if not pool.dated:
+        return _ordered(overall)
+    days = {
+        p.id
+        for turn, p in pool.at.items()
+        if any(w(times[turn].astimezone(query.zone).date()) for w in query.windows)
+    }
+    if pool.window_text or pool.window_dense:
+        text, dense, complete = pool.window_text, pool.window_dense, pool.window_complete
+    else:
+        text = {i: v for i, v in pool.text.items() if i in days}
+        dense = {i: v for i, v in pool.dense.items() if i in days}
+        complete = pool.complete
+    inside = _scored(pool.at, times, conversation, text, dense, complete, query, weights)
+    ranked = dict(overall)
+    ranked.update({i: v + weights.date for i, v in inside.items() if i in days})
+    return _ordered(ranked)
+
+
+def _scored(
+    at: dict[int, Position],
+    times: dict[int, datetime],
+    conversation: dict[int, int],
+    text: dict[int, float],
+    dense: dict[int, float],
+    complete: bool,
+    query: Query,
+    weights: Weights,
+) -> dict[int, float]:
+    hits = _scaled(fused(text, dense, complete, weights.dense))
+    if not hits:
+        return {}
+    score = {turn: hits.get(p.id, 0.0) for turn, p in at.items()}
 
     def near(turn: int, other: int) -> float:
         same = conversation.get(other) == conversation[turn]
@@ -171,12 +265,29 @@ def rank_messages(
     ranked: dict[int, float] = {}
     for turn, position in at.items():
         total = score[turn]
-        for distance, weight in enumerate(NEIGHBOUR_WEIGHTS, start=1):
+        for distance, weight in enumerate(weights.neighbours, start=1):
             total += weight * max(near(turn, turn - distance), near(turn, turn + distance))
-        total += _boosts(position, times[turn], query)
+        if position.speaker and position.speaker in query.speakers:
+            total += weights.speaker
         if total > 0:
             ranked[position.id] = total
-    return _ordered(ranked)[:limit]
+    return ranked
+
+
+def rank_messages(
+    conn: Connection,
+    agent_id: int,
+    query: Query,
+    limit: int,
+    before_id: int | None = None,
+    weights: Weights = WEIGHTS,
+) -> list[int]:
+    """Ids of this agent's messages best matching `query` (optionally only ids < before_id)."""
+    depth = max(CANDIDATES, limit * 2)
+    reach = len(weights.neighbours)
+    return order(gather(conn, agent_id, query, depth, before_id, weights.context, reach), query, weights)[
+        :limit
+    ]
 
 
 def _conversations(times: dict[int, datetime]) -> dict[int, int]:
@@ -192,12 +303,3 @@ def _conversations(times: dict[int, datetime]) -> dict[int, int]:
         labels[turn] = label
         previous = (turn, when)
     return labels
-
-
-def _boosts(position: Position, when: datetime, query: Query) -> float:
-    boost = SPEAKER_BOOST if position.speaker and position.speaker in query.speakers else 0.0
-    if query.windows:
-        day = when.astimezone(query.zone).date()
-        if any(window(day) for window in query.windows):
-            boost += DATE_BOOST
-    return boost

@@ -16,7 +16,7 @@ from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot import chat_commands
-from bot.attachments import read_text_files
+from bot.attachments import load_files
 from bot.delivery import Delivery
 from bot.embedding import Embedder, make_embedder
 from bot.errors import InvalidInput, MembotError, ModelError
@@ -27,7 +27,7 @@ from bot.memory import AgentMemory, Scope
 from bot.memory_tools import registry
 from bot.pressure import Budget
 from bot.prompt import situation
-from bot.reception import Received, Reception
+from bot.reception import Claim, Received, Reception
 from bot.settings import Settings
 from bot.steps import StepLoop, Turn
 from bot.tools import Address, ToolContext
@@ -98,6 +98,10 @@ class Runtime:
                 timezone = ""
         return await self.db.run(self.reception.find_or_create, platform, user_id, user_name, timezone)
 
+    async def agents(self) -> list[agents.Listed]:
+        """Every agent with its accounts and counts (the operator's `membot agents`)."""
+        return await self.db.read(agents.listing)
+
     async def find_agent(self, platform: str, user_id: str) -> AgentRecord | None:
         """The agent of this account if it has one yet (an adapter asks before fetching a profile)."""
         return await self.db.read(agents.find, platform, user_id)
@@ -132,16 +136,18 @@ class Runtime:
         """Answer an event from a person (found by their account). Never raises."""
         return await self._handle(event, None)
 
-    async def wake(self, agent_id: int, event: Event) -> Turn:
-        """Run an event for a known agent (the scheduler's heartbeats and reminders). Never raises."""
-        return await self._handle(event, agent_id)
+    async def wake(self, agent_id: int, event: Event, claim: Claim | None = None) -> Turn:
+        """Run an event for a known agent (the scheduler's heartbeats and reminders). Never raises.
+        `claim(conn)` runs in the transaction that stores the event; False drops the event (another
+        process took it): the turn is then a duplicate."""
+        return await self._handle(event, agent_id, claim)
 
-    async def _handle(self, event: Event, agent_id: int | None) -> Turn:
+    async def _handle(self, event: Event, agent_id: int | None, claim: Claim | None = None) -> Turn:
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
         try:
-            return await self._handle_inside(event, agent_id)
+            return await self._handle_inside(event, agent_id, claim)
         finally:
             if task is not None:
                 self._running.discard(task)
@@ -168,40 +174,40 @@ class Runtime:
         await self.delivery.idle(5.0)
         return finished
 
-    async def _handle_inside(self, event: Event, agent_id: int | None) -> Turn:
-        event = await read_text_files(event, self.settings.attachment_max_bytes)
+    async def _handle_inside(self, event: Event, agent_id: int | None, claim: Claim | None = None) -> Turn:
+        event = await load_files(self, event, agent_id)
         if self.stopping:
-            return await self._keep_for_later(event, agent_id)
+            return await self._keep_for_later(event, agent_id, claim)
         known = agent_id if agent_id is not None else self.reception.known(event.person)
         if known is not None and not self.locks.busy(known):
             try:
-                return await self._answer_now(known, event)
+                return await self._answer_now(known, event, claim)
             except AgentNotFoundError:  # forgotten, or the account was linked to another agent
                 if agent_id is not None:
                     return await self._lost(event, StorageError(f"there is no agent {agent_id}"))
                 self.reception.forget(event.person)
         try:
-            received = await self.db.run(self.reception.receive, event, agent_id)
+            received = await self.db.run(self.reception.receive, event, agent_id, claim)
         except Exception as exc:
             return await self._lost(event, exc)
         if received is None:
             return _duplicate(event)
         return await self._answer(received, event)
 
-    async def _keep_for_later(self, event: Event, agent_id: int | None) -> Turn:
+    async def _keep_for_later(self, event: Event, agent_id: int | None, claim: Claim | None = None) -> Turn:
         """While stopping: the event into the inbox only; the next start's recover() answers it."""
         try:
-            received = await self.db.run(self.reception.receive, event, agent_id)
+            received = await self.db.run(self.reception.receive, event, agent_id, claim)
         except Exception as exc:
             return await self._lost(event, exc)
         return _duplicate(event) if received is None else Turn(failed=True)
 
-    async def _answer_now(self, agent_id: int, event: Event) -> Turn:
+    async def _answer_now(self, agent_id: int, event: Event, claim: Claim | None = None) -> Turn:
         """The agent is free: take it at once and store the event with its inbox row together."""
         async with self.locks.hold(agent_id):
             vector = await self.reception.vector(agent_id, event)
             try:
-                found = await self.db.run(self.reception.receive_and_store, event, agent_id, vector)
+                found = await self.db.run(self.reception.receive_and_store, event, agent_id, vector, claim)
             except AgentNotFoundError:
                 raise
             except Exception as exc:
@@ -270,8 +276,14 @@ class Runtime:
         person = event.person
         ctx = ToolContext(
             memory,
-            Address(received.conversation_id, event.conversation.platform, person.user_id, event.message_id),
+            Address(
+                received.conversation_id,
+                event.conversation.platform,
+                person.user_id,
+                event.message_id if event.kind is Kind.MESSAGE else "",  # a scheduler key is no reply
+            ),
             turn_start_id=message.id,
+            unprompted_cap=self.settings.max_unprompted_per_day if event.kind is Kind.HEARTBEAT else None,
         )
         loop = StepLoop(
             memory,

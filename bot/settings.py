@@ -206,9 +206,9 @@ class Settings:
 
 
 def parse_quiet_hours(text: str) -> tuple[int, int] | None:
-    """'22-08' -> (22, 8): from 22:00 to 08:00 local time; '' -> None."""
+    """'22-08' -> (22, 8): from 22:00 to 08:00 local time; 'none' (or '') -> None."""
     text = text.strip()
-    if not text:
+    if not text or text.lower() in {"none", "off"}:
         return None
     start, sep, end = text.partition("-")
     try:
@@ -218,7 +218,7 @@ def parse_quiet_hours(text: str) -> tuple[int, int] | None:
     if not sep or not all(0 <= h <= 24 for h in hours) or hours[0] == hours[1]:
         raise ConfigError(
             f"MEMBOT_QUIET_HOURS={text!r} is not a range of whole hours; write START-END such as 22-08 "
-            "or 9-17, or leave it empty for none."
+            "or 9-17, or none for no quiet hours."
         )
     return hours[0] % 24, hours[1] % 24
 

@@ -59,6 +59,9 @@ class ToolContext:
     call_id: str = ""
     sent: list[str] = field(default_factory=list)  # what the person was sent in this turn
     queued: list[outbox.Entry] = field(default_factory=list)  # outbox rows written, to hand over
+    # In a turn nobody asked for (a heartbeat): how many unprompted messages the person may get
+    # a local day; send_message counts each and refuses past it. None: the person is waiting.
+    unprompted_cap: int | None = None
 
     def send(self, conn: Connection, text: str) -> outbox.Entry:
         """Write `text` to the outbox for this conversation (inside the caller's transaction)."""

@@ -122,3 +122,25 @@ def set_summary(conn: Connection, agent_id: int, summary: str, covers: int, publ
 def ids(conn: Connection) -> list[int]:
     """Every agent id (for maintenance such as re-embedding; reads no memory)."""
     return [int(row[0]) for row in conn.execute("SELECT id FROM agents ORDER BY id")]
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One line of `membot agents`: who an agent belongs to and how much it holds (no memory text)."""
+
+    id: int
+    accounts: str  # "terminal:alice, discord:1234"
+    display_name: str
+    messages: int
+    passages: int
+    last_active_at: str
+
+
+def listing(conn: Connection) -> list[Listed]:
+    """Every agent with its accounts and counts, for the operator (reads no memory text)."""
+    rows = conn.execute(
+        "SELECT a.id, group_concat(i.platform || ':' || i.platform_user_id, ', '), a.display_name, "
+        "a.message_count, a.passage_count, a.last_active_at FROM agents AS a "
+        "LEFT JOIN identities AS i ON i.agent_id = a.id GROUP BY a.id ORDER BY a.id"
+    )
+    return [Listed(int(i), str(acc or ""), str(n), int(m), int(p), str(t)) for i, acc, n, m, p, t in rows]

@@ -121,6 +121,7 @@ def connect(
         conn.execute("PRAGMA journal_size_limit = 67108864")  # give the -wal file back after a big write
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA cache_size = -32000")
+        conn.execute("PRAGMA secure_delete = ON")  # freed content is zeroed: forget leaves no trace
     except module.DatabaseError as exc:
         conn.close()
         raise storage_error(exc, target) from exc
@@ -200,6 +201,20 @@ class Database:
         holds the write lock. `fn` must not write (it would wait for the lock like `run`).
         """
         return await self._run(READ, fn, args, kwargs)
+
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate it to nothing (after a forget: old page
+        images with deleted text live in the WAL until then). False if another connection's read
+        kept part of it (it is truncated at the next checkpoint that finds no reader)."""
+
+        def truncate() -> bool:
+            with self._lock:
+                conn = self._connection()
+                self._set_busy_timeout(conn, self.busy_timeout_ms)
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                return not busy
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, truncate)
 
     def _call(self, begin: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         wait = LockWait(self.path, self.lock_wait, self.busy_timeout_ms)

@@ -49,6 +49,7 @@ def bm25_matches(
     limit: int,
     weights: tuple[float, ...] = (),
     public_only: bool = False,
+    ids: tuple[int, int] | None = None,
 ) -> list[tuple[int, float]]:
     """(id, bm25 score) of this agent's rows of `table` matching words of `query`, best first.
 
@@ -56,17 +57,19 @@ def bm25_matches(
     text columns after `owner`. The MATCH names the owner token, so FTS5 only reads this agent's
     rows; the join checks the agent id again on the rows returned. Public rows also carry the
     token "p<id>": with `public_only` the MATCH names that one, and the join checks `private = 0`.
+    `ids` (first, last) keeps only rows in that id range, which FTS5 applies while it reads postings.
     """
     expression = match_query(query)
     if expression is None:
         return []
     owner, scope = ("p", " AND t.private = 0") if public_only else ("a", "")
     ranking = ", ".join([f"{table}_fts", "0.0", *(str(weight) for weight in weights)])
+    between = " AND rowid BETWEEN ? AND ?" if ids else ""
     rows = conn.execute(
         f"SELECT t.id, hit.score FROM ("
         f"SELECT rowid, bm25({ranking}) AS score FROM {table}_fts "
-        f"WHERE {table}_fts MATCH ? ORDER BY score LIMIT ?"
+        f"WHERE {table}_fts MATCH ?{between} ORDER BY score LIMIT ?"
         f") AS hit JOIN {table} AS t ON t.id = hit.rowid WHERE t.agent_id = ?{scope} ORDER BY hit.score",
-        (f'owner : "{owner}{int(agent_id)}" AND ({expression})', limit, agent_id),
+        (f'owner : "{owner}{int(agent_id)}" AND ({expression})', *(ids or ()), limit, agent_id),
     )
     return [(int(i), float(score)) for i, score in rows]

@@ -200,18 +200,53 @@ def get_many(conn: Connection, agent_id: int, ids: list[int], public_only: bool 
 
 
 def text_matches(
-    conn: Connection, agent_id: int, query: str, limit: int, public_only: bool = False
+    conn: Connection,
+    agent_id: int,
+    query: str,
+    limit: int,
+    public_only: bool = False,
+    context_weight: float = CONTEXT_WEIGHT,
+    ids: tuple[int, int] | None = None,
 ) -> list[tuple[int, float]]:
-    """Searchable messages of this agent matching words of `query`, best BM25 first: (id, score)."""
-    return bm25_matches(
-        conn, "messages", agent_id, query, limit, (TEXT_WEIGHT, CONTEXT_WEIGHT), public_only=public_only
-    )
+    """Searchable messages of this agent matching words of `query`, best BM25 first: (id, score);
+    with `ids` (first, last), only messages in that id range."""
+    weights = (TEXT_WEIGHT, context_weight)
+    return bm25_matches(conn, "messages", agent_id, query, limit, weights, public_only=public_only, ids=ids)
 
 
 def nearest(
     conn: Connection, agent_id: int, vector: bytes, k: int, public_only: bool = False
 ) -> list[tuple[int, float]]:
     return vectors.nearest(conn, "messages_vec", agent_id, vector, k, public_only)
+
+
+def nearest_among(
+    conn: Connection, agent_id: int, vector: bytes, ids: list[int], public_only: bool = False
+) -> list[tuple[int, float]]:
+    """(id, cosine distance) of these messages of this agent, nearest first: sqlite-vec's KNN
+    over the agent's partition, limited to these rowids (at most vector_cache.MAX_K of them)."""
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT rowid, distance FROM messages_vec WHERE embedding MATCH ? AND k = ? AND agent_id = ? "
+        f"AND rowid IN ({marks}){_scope(public_only)} ORDER BY distance",
+        (vector, len(ids), agent_id, *ids),
+    )
+    return [(int(rowid), float(distance)) for rowid, distance in rows]
+
+
+def searchable_in(
+    conn: Connection, agent_id: int, start: str, end: str, limit: int, public_only: bool = False
+) -> list[int]:
+    """Ids of this agent's searchable messages with start <= created_at < end (UTC ISO), oldest
+    first, at most `limit` (an index range over (agent_id, created_at))."""
+    rows = conn.execute(
+        "SELECT id FROM messages WHERE agent_id = ? AND created_at >= ? AND created_at < ? "
+        f"AND turn IS NOT NULL{_scope(public_only)} ORDER BY created_at LIMIT ?",
+        (agent_id, start, end, limit),
+    )
+    return [int(i) for (i,) in rows]
 
 
 def speakers(conn: Connection, agent_id: int) -> list[str]:

@@ -492,6 +492,110 @@ def m007_conversations(conn: Connection) -> None:
     )
 
 
+def m008_scheduler(conn: Connection) -> None:
+    """Reminders the agents schedule and each agent's heartbeat state (storage/reminders.py,
+    storage/heartbeats.py). A trigger gives every new agent its heartbeat row; another keeps the
+    row's view of the person (when they last spoke, the platform they last used, their latest
+    private conversation) current as their messages are stored."""
+    _execute_all(
+        conn,
+        """
+        CREATE TABLE reminders (
+            id INTEGER PRIMARY KEY,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+            platform TEXT NOT NULL,
+            private INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            due_at TEXT NOT NULL,
+            recurrence TEXT,
+            timezone TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'fired', 'cancelled', 'missed')),
+            fired_count INTEGER NOT NULL DEFAULT 0,
+            missed_count INTEGER NOT NULL DEFAULT 0,
+            last_fired_at TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX reminders_due ON reminders (state, due_at);
+        CREATE INDEX reminders_due_by_platform ON reminders (platform, due_at) WHERE state = 'pending';
+        CREATE INDEX reminders_by_agent ON reminders (agent_id, state, due_at);
+        CREATE TABLE heartbeats (
+            agent_id INTEGER PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+            next_at TEXT,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            idle INTEGER NOT NULL DEFAULT 0,
+            paused_until TEXT,
+            day TEXT NOT NULL DEFAULT '',
+            sent_today INTEGER NOT NULL DEFAULT 0,
+            platform TEXT NOT NULL,
+            conversation_id INTEGER REFERENCES conversations(id) ON DELETE SET NULL,
+            last_spoke_at TEXT,
+            notes TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX heartbeats_due ON heartbeats (platform, next_at) WHERE next_at IS NOT NULL;
+        CREATE INDEX heartbeats_unscheduled ON heartbeats (platform, agent_id)
+            WHERE next_at IS NULL AND enabled = 1 AND idle = 0;
+        INSERT INTO heartbeats (agent_id, platform, last_spoke_at)
+            SELECT a.id, coalesce((SELECT c.platform FROM messages AS m JOIN conversations AS c
+                    ON c.id = m.conversation_id WHERE m.agent_id = a.id AND m.kind = 'user'
+                    ORDER BY m.id DESC LIMIT 1), a.platform),
+                (SELECT max(m.created_at) FROM messages AS m WHERE m.agent_id = a.id AND m.kind = 'user')
+            FROM agents AS a;
+        UPDATE heartbeats SET conversation_id = (SELECT m.conversation_id FROM messages AS m
+            WHERE m.agent_id = heartbeats.agent_id AND m.kind = 'user' AND m.private = 1
+            AND m.conversation_id IS NOT NULL ORDER BY m.id DESC LIMIT 1);
+        CREATE TRIGGER agents_heartbeat AFTER INSERT ON agents BEGIN
+            INSERT OR IGNORE INTO heartbeats (agent_id, platform) VALUES (new.id, new.platform);
+        END;
+        CREATE TRIGGER messages_heartbeat AFTER INSERT ON messages
+        WHEN new.role = 'user' AND new.kind = 'user'
+            AND new.created_at >= coalesce((SELECT last_spoke_at FROM heartbeats
+                WHERE agent_id = new.agent_id), '')
+        BEGIN
+            UPDATE heartbeats SET
+                last_spoke_at = new.created_at,
+                idle = 0,
+                platform = coalesce(
+                    (SELECT platform FROM conversations WHERE id = new.conversation_id), platform),
+                conversation_id = CASE WHEN new.private = 1 AND new.conversation_id IS NOT NULL
+                    THEN new.conversation_id ELSE conversation_id END
+            WHERE agent_id = new.agent_id;
+        END;
+        """,
+    )
+
+
+def m009_documents(conn: Connection) -> None:
+    """Documents loaded into archival memory (storage/documents.py), and where each passage of
+    one stands: `passages.document_id` (NULL for what the agent stored itself), `position` (1, 2,
+    3... in reading order) and `section` (its heading path or page)."""
+    _execute_all(
+        conn,
+        """
+        CREATE TABLE documents (
+            id INTEGER PRIMARY KEY,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            origin TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            passage_count INTEGER NOT NULL DEFAULT 0,
+            private INTEGER NOT NULL DEFAULT 1,
+            conversation_id INTEGER REFERENCES conversations(id),
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX documents_by_hash ON documents (agent_id, sha256);
+        CREATE INDEX documents_by_name ON documents (agent_id, name);
+        ALTER TABLE passages ADD COLUMN document_id INTEGER REFERENCES documents(id);
+        ALTER TABLE passages ADD COLUMN position INTEGER;
+        ALTER TABLE passages ADD COLUMN section TEXT NOT NULL DEFAULT '';
+        CREATE INDEX passages_by_document ON passages (document_id, position) WHERE document_id IS NOT NULL;
+        """,
+    )
+
+
 Migration = Callable[[Connection], None]
 
 MIGRATIONS: list[Migration] = [
@@ -502,6 +606,8 @@ MIGRATIONS: list[Migration] = [
     m005_context,
     m006_owner_tokens,
     m007_conversations,
+    m008_scheduler,
+    m009_documents,
 ]
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
-from bot.dates import windows
+from bot.dates import Window, spans, windows
 
 TODAY = date(2024, 6, 15)
 
@@ -50,3 +51,23 @@ def test_words_that_only_look_like_months_are_not_dates():
     assert windows("may I ask what you may like", TODAY) == []
     assert windows("what did she paint", TODAY) == []
     assert windows("31 February, 2023", TODAY) == []  # no such day: ignored, not an error
+
+
+def test_windows_become_merged_spans_of_instants_in_the_persons_zone():
+    zone = ZoneInfo("Europe/Berlin")
+    found = spans(
+        [Window(date(2023, 5, 1), date(2023, 5, 8)), Window(date(2023, 5, 9), date(2023, 5, 10))], zone
+    )
+    assert [(a.astimezone(UTC), b.astimezone(UTC)) for a, b in found] == [
+        (datetime(2023, 4, 30, 22, tzinfo=UTC), datetime(2023, 5, 10, 22, tzinfo=UTC))
+    ]
+    apart = spans(
+        [Window(date(2023, 7, 1), date(2023, 7, 2)), Window(date(2023, 5, 1), date(2023, 5, 1))], UTC
+    )
+    assert [a.date() for a, _ in apart] == [date(2023, 5, 1), date(2023, 7, 1)]
+
+
+def test_a_month_without_a_year_is_that_month_in_each_recent_year():
+    found = windows("the trip in August", TODAY)
+    assert [w.first for w in found] == [date(year, 8, 1) for year in range(2014, 2024)]  # none ahead of today
+    assert all(w.last == date(w.first.year, 9, 10) for w in found)

@@ -39,7 +39,7 @@ def text_file(name: str, data: bytes) -> Attachment:
     return Attachment(name, len(data), "text/plain", read)
 
 
-async def test_a_text_file_reaches_the_model_and_others_are_only_named(fake_server, runtime_for):
+async def test_a_text_file_is_loaded_into_archival_memory_and_others_are_only_named(fake_server, runtime_for):
     fake = fake_server(heard)
     runtime = await runtime_for(fake, MEMBOT_ATTACHMENT_MAX_BYTES="100")
 
@@ -56,12 +56,17 @@ async def test_a_text_file_reaches_the_model_and_others_are_only_named(fake_serv
     )
     turn = await runtime.handle(event)
     [reply] = turn.replies
-    assert "[file notes.md]\n# Plan\nbuy teal paint" in reply
-    assert "big.txt: 500 bytes, larger than the 100 bytes I read; not read" in reply
-    assert "latin1.txt: not UTF-8 text" in reply and "lost.txt: could not be downloaded" in reply
+    assert "[file notes.md (21 bytes) loaded into your archival memory as document 1, 1 passages" in reply
+    assert "big.txt: 500 bytes, over the 100 bytes I load; not loaded" in reply
+    assert "latin1.txt: not loaded: latin1.txt is not UTF-8 text" in reply
+    assert "lost.txt: could not be downloaded" in reply
     assert "xxxx" not in reply and "photo.png" in reply  # named in the stored message, never fetched
+    assert "buy teal paint" not in reply  # the file's text is in archival memory, not in the message
     stored = await runtime.db.read(messages.in_context, turn_agent(runtime))
-    assert "buy teal paint" in stored[0].content  # the file's text is in the person's message, on disk
+    assert "buy teal paint" not in stored[0].content
+    [agent] = [a for a in [await runtime.find_agent("chat", "ann")] if a is not None]
+    [found] = await runtime.memory(agent).search_passages("teal paint", 1)
+    assert found.content == "buy teal paint"
 
 
 def turn_agent(runtime: Any) -> int:

@@ -4,7 +4,9 @@ For each conversation: a fresh agent in a fresh database; every turn imported in
 memory through the bot's own storage and embedding path (speaker name, the session's date-time).
 For each question: the ranking `conversation_search` uses, for the question text; recall@k = the
 fraction of the question's evidence turns in the top k, averaged per category and over
-categories 1-4; session recall@k = the same for the sessions the evidence is in.
+categories 1-4; session recall@k = the same for the sessions the evidence is in. Recall is also
+split by whether the question names a date (`bot.dates` finds a window in it: the searches that
+take their first candidates from those days) or not.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.dates import windows
 from bot.embedding import Embedder
 from bot.evaluation.locomo import Conversation, Question, session_of
 from bot.memory import AgentMemory, Imported
@@ -25,6 +29,7 @@ from bot.runtime import open_database
 from storage import agents
 
 MAIN = "1-4"  # the categories the headline figure averages: all but adversarial
+DATED, UNDATED = "names a date", "no date"
 
 
 @dataclass
@@ -34,9 +39,12 @@ class Scores:
     ks: list[int]
     turns: dict[str, list[list[float]]] = field(default_factory=lambda: defaultdict(list))
     sessions: dict[str, list[list[float]]] = field(default_factory=lambda: defaultdict(list))
+    by_date: dict[str, dict[str, list[list[float]]]] = field(
+        default_factory=lambda: {DATED: defaultdict(list), UNDATED: defaultdict(list)}
+    )
     skipped: int = 0
 
-    def add(self, question: Question, ranked: list[str]) -> None:
+    def add(self, question: Question, ranked: list[str], dated: bool = False) -> None:
         evidence = set(question.evidence)
         sessions = question.sessions
         turn_row = [len(evidence & set(ranked[:k])) / len(evidence) for k in self.ks]
@@ -45,6 +53,7 @@ class Scores:
         for group in groups:
             self.turns[group].append(turn_row)
             self.sessions[group].append(session_row)
+            self.by_date[DATED if dated else UNDATED][group].append(turn_row)
 
     def table(self, rows: dict[str, list[list[float]]]) -> dict[str, dict[str, float]]:
         return {
@@ -57,6 +66,11 @@ class Scores:
             "recall_at_k": self.table(self.turns),
             "session_recall_at_k": self.table(self.sessions),
             "questions": {group: len(values) for group, values in sorted(self.turns.items())},
+            "recall_by_date": {split: self.table(rows) for split, rows in self.by_date.items()},
+            "questions_by_date": {
+                split: {group: len(values) for group, values in sorted(rows.items())}
+                for split, rows in self.by_date.items()
+            },
             "skipped_without_evidence": self.skipped,
         }
 
@@ -103,7 +117,8 @@ async def evaluate(
                     started = time.perf_counter()
                     found = await memory.search_messages(question.text, depth)
                     query_ms.append((time.perf_counter() - started) * 1000)
-                    scores.add(question, [dia_ids[m.id] for m in found if m.id in dia_ids])
+                    dated = bool(windows(question.text, memory.local(datetime.now(UTC)).date()))
+                    scores.add(question, [dia_ids[m.id] for m in found if m.id in dia_ids], dated)
                     progress(1)
         finally:
             db.close()

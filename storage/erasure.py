@@ -1,0 +1,27 @@
+"""Forgetting a person so that nothing of their text is left in the file, not even in free pages.
+
+Every connection runs with `PRAGMA secure_delete = ON` (storage/db.py), so SQLite overwrites
+deleted and superseded content with zeros as it frees it, and an agent's old rows, old block
+values and old summaries leave no readable remains in partly-used or free pages. What that alone
+does not reach, `forget` does in the same transaction: `lifecycle.delete_agent` removes every row
+(sqlite-vec zeroes a deleted vector's slot), then both full-text indexes are merged (`optimize`):
+FTS5 keeps a deleted row's terms in its segments until a merge. The caller then checkpoints the
+WAL with TRUNCATE (`Database.checkpoint`), since page images from before the delete live there.
+Measured (tests/test_forget.py, bench): with all of it, a forgotten person's words are found
+neither in the database file nor in the WAL; without the optimize, their terms stay in the index.
+"""
+
+from __future__ import annotations
+
+from storage import lifecycle
+from storage.db import Connection
+
+FULLTEXT = ("messages_fts", "passages_fts")
+
+
+def forget(conn: Connection, agent_id: int) -> lifecycle.Deleted:
+    """Delete everything of this agent and merge the full-text indexes, in the caller's transaction."""
+    deleted = lifecycle.delete_agent(conn, agent_id)
+    for table in FULLTEXT:
+        conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
+    return deleted
