@@ -10,6 +10,7 @@ Every read is scoped by agent id.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from storage import conversations, lifecycle
@@ -165,6 +166,23 @@ def dump(conn: Connection, agent_id: int) -> dict[str, Any]:
     }
 
 
+def _insert(
+    conn: Connection,
+    table: str,
+    agent_id: int,
+    fields: tuple[str, ...],
+    items: list[dict[str, Any]],
+    refs: Callable[[dict[str, Any]], tuple[int | None, ...]],
+    extra: tuple[str, ...] = (),
+) -> list[int]:
+    """Insert `items` as rows of this agent, each with its mapped references (`extra` columns,
+    then conversation_id); their new ids, in order."""
+    columns = ", ".join((*fields, *extra, "conversation_id"))
+    marks = ", ".join("?" * (len(fields) + len(extra) + 1))
+    sql = f"INSERT INTO {table} (agent_id, {columns}) VALUES (?, {marks})"
+    return [int(conn.execute(sql, (agent_id, *(i[f] for f in fields), *refs(i))).lastrowid) for i in items]
+
+
 def restore(conn: Connection, data: dict[str, Any]) -> tuple[int, list[int], list[int]]:
     """Write `data` (as `dump` makes it, already checked) as a new agent, in the caller's
     transaction. Returns the agent id and the ids of its searchable messages and passages, in
@@ -202,41 +220,24 @@ def restore(conn: Connection, data: dict[str, Any]) -> tuple[int, list[int], lis
         index = item.get("conversation")
         return None if index is None else ids[index]
 
-    document_ids = [
-        int(
-            conn.execute(
-                f"INSERT INTO documents (agent_id, {', '.join(DOCUMENT_FIELDS)}, conversation_id) "
-                f"VALUES (?, {', '.join('?' * len(DOCUMENT_FIELDS))}, ?)",
-                (agent_id, *(d[f] for f in DOCUMENT_FIELDS), ref(d)),
-            ).lastrowid
-        )
-        for d in data["documents"]
-    ]
+    document_ids = _insert(
+        conn, "documents", agent_id, DOCUMENT_FIELDS, data["documents"], lambda d: (ref(d),)
+    )
 
     def document(item: dict[str, Any]) -> int | None:
         index = item.get("document")
         return None if index is None else document_ids[index]
 
-    message_ids = [
-        int(
-            conn.execute(
-                f"INSERT INTO messages (agent_id, {', '.join(MESSAGE_FIELDS)}, conversation_id) "
-                f"VALUES (?, {', '.join('?' * len(MESSAGE_FIELDS))}, ?)",
-                (agent_id, *(m[f] for f in MESSAGE_FIELDS), ref(m)),
-            ).lastrowid
-        )
-        for m in data["messages"]
-    ]
-    passage_ids = [
-        int(
-            conn.execute(
-                f"INSERT INTO passages (agent_id, {', '.join(PASSAGE_FIELDS)}, document_id, conversation_id) "
-                f"VALUES (?, {', '.join('?' * len(PASSAGE_FIELDS))}, ?, ?)",
-                (agent_id, *(p[f] for f in PASSAGE_FIELDS), document(p), ref(p)),
-            ).lastrowid
-        )
-        for p in data["passages"]
-    ]
+    message_ids = _insert(conn, "messages", agent_id, MESSAGE_FIELDS, data["messages"], lambda m: (ref(m),))
+    passage_ids = _insert(
+        conn,
+        "passages",
+        agent_id,
+        PASSAGE_FIELDS,
+        data["passages"],
+        lambda p: (document(p), ref(p)),
+        extra=("document_id",),
+    )
     conn.executemany(
         f"INSERT INTO reminders (agent_id, {', '.join(REMINDER_FIELDS)}, conversation_id) "
         f"VALUES (?, {', '.join('?' * len(REMINDER_FIELDS))}, ?)",

@@ -44,21 +44,13 @@ from tests.discord_standin import (
 )
 from tests.fake_openai import Answer, FakeOpenAI, last_message, last_user_text, say
 from tests.platform import eventually
+from tests.test_terminal_chat import answering
 
 ANN = user("100000000000000001", "Ann")
 BEA = user("100000000000000002", "Bea")
 CY = user("100000000000000003", "Cy")
 OTHER_BOT = user("100000000000000009", "Helper", bot=True)
 MENTION = f"<@{BOT['id']}>"
-
-
-def answering(request: dict[str, Any]) -> Answer:
-    """A model that answers each message with "answer to: <its text>"."""
-    if not request.get("tools"):
-        return Answer(content="summary")
-    if last_message(request)["role"] == "tool":
-        return Answer(content="done")
-    return say(f"answer to: {last_user_text(request)}")
 
 
 def system_prompt(request: dict[str, Any]) -> str:

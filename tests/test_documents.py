@@ -28,9 +28,10 @@ from bot.memory_tools import registry
 from bot.tokens import count_text
 from bot.tools import Address, ToolContext
 from storage import documents, lifecycle
-from tests.fake_openai import Answer, FakeOpenAI, call, last_message, last_user_text, say
+from tests.fake_openai import Answer, FakeOpenAI, call, last_message, say
 from tests.pdf import make_pdf
 from tests.platform import CHANNEL, dm
+from tests.test_service import heard
 from tests.test_terminal_chat import TIMEOUT, environment, query, run_chat
 
 GUIDE = """# Garden guide
@@ -327,14 +328,6 @@ async def test_forgetting_an_agent_deletes_its_documents_and_their_vectors(fake_
     assert rows(other, "SELECT agent_id, count(*) FROM documents GROUP BY agent_id") == [(other.agent_id, 1)]
     assert rows(other, "SELECT count(*) FROM passages_vec WHERE agent_id = ?", memory.agent_id) == [(0,)]
     assert await runtime.db.read(documents.list_for, memory.agent_id) == []
-
-
-def heard(request: dict[str, Any]) -> Answer:
-    if not request.get("tools"):
-        return Answer(content="summary")
-    if last_message(request)["role"] == "tool":
-        return Answer(content="done")
-    return say("heard: " + last_user_text(request))
 
 
 def attached(name: str, data: bytes, media_type: str = "text/plain") -> Attachment:

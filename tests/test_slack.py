@@ -45,16 +45,7 @@ from tests.slack_standin import (
     mention,
     signed,
 )
-from tests.test_terminal_chat import environment
-
-
-def answering(request: dict[str, Any]) -> Answer:
-    """A model that answers each message with "answer to: <its text>"."""
-    if not request.get("tools"):
-        return Answer(content="summary")
-    if last_message(request)["role"] == "tool":
-        return Answer(content="done")
-    return say(f"answer to: {last_user_text(request)}")
+from tests.test_terminal_chat import answering, environment
 
 
 def free_port() -> int:
