@@ -1,13 +1,14 @@
 """The commands a person gives in chat, the same words on every platform.
 
 `/memory` (what the bot keeps: core memory blocks and counts), `/timezone ZONE`, `/quiet`
-(`/quiet off`), `/help`. An adapter hands the words to `Runtime.command` (typed in a DM or the terminal, or from a slash
+(`/quiet off`), `/forget` (then `/forget confirm`), `/help`. An adapter hands the words to `Runtime.command` (typed in a DM or the terminal, or from a slash
 command's options) and shows the answer to that person alone (ephemeral where the platform can).
 A new command is a function here and a line in `COMMANDS`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 HELP = (
     "Commands: /memory shows what I remember about you, /timezone ZONE sets your time zone "
     "(e.g. /timezone Europe/Sofia), /quiet stops my unprompted messages (/quiet off allows them "
-    "again), /help shows this."
+    "again), /forget deletes everything I keep about you (after /forget confirm), /help shows this."
 )
 
 
@@ -83,6 +84,37 @@ async def quiet(request: Request) -> str:
     return "Quiet: I won't message you unprompted any more (reminders still come). /quiet off undoes it."
 
 
+FORGET_WINDOW = 300.0  # seconds a `/forget` waits for its `/forget confirm`
+
+
+async def forget(request: Request) -> str:
+    """`/forget`: say what would go and ask for `/forget confirm` (within five minutes); then
+    delete everything kept about the person (bot/controls.py: nothing left on disk)."""
+    from bot import controls  # imports the runtime's own modules: loaded when first asked
+
+    runtime, person = request.runtime, request.person
+    key = (person.platform, person.user_id)
+    found = await runtime.find_agent(*key)
+    if found is None:
+        return "I keep nothing about you."
+    if request.argument.strip().lower() != "confirm":
+        stats = await runtime.memory(found).stats()
+        runtime.forget_requests[key] = time.monotonic() + FORGET_WINDOW
+        return (
+            f"This deletes everything I keep about you: {stats.recall_messages} messages, "
+            f"{stats.archival_passages} archival passages, your core memory, reminders and documents. "
+            "There is no undo. To go ahead, send /forget confirm within 5 minutes."
+        )
+    asked = runtime.forget_requests.pop(key, None)
+    if asked is None or asked < time.monotonic():
+        return "Send /forget first (then /forget confirm within 5 minutes)."
+    deleted = await controls.forget(runtime, found.id)
+    return (
+        f"Done: I have forgotten everything about you ({deleted.messages} messages, {deleted.passages} "
+        "passages, core memory, reminders). If you write again, I start from nothing."
+    )
+
+
 async def help_(request: Request) -> str:
     return HELP
 
@@ -91,6 +123,7 @@ COMMANDS: dict[str, Callable[[Request], Awaitable[str]]] = {
     "memory": memory,
     "timezone": timezone,
     "quiet": quiet,
+    "forget": forget,
     "help": help_,
 }
 

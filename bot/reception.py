@@ -15,10 +15,11 @@ from bot.embedding import Embedder
 from bot.events import Conversation, Event, Kind, Person, event_to_json
 from bot.memory import AgentMemory, Scope, vector_or_none
 from bot.settings import Settings
-from storage import agents, blocks, conversations, inbox
+from storage import agents, blocks, conversations, identities, inbox
 from storage.agents import Agent as AgentRecord
 from storage.clock import now_iso
 from storage.db import Connection, Database
+from storage.errors import AgentNotFoundError
 from storage.messages import Message
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,26 @@ class Reception:
         )
 
     def receive_and_store(
-        self, conn: Connection, event: Event, agent_id: int, vector: bytes | None, claim: Claim | None = None
+        self,
+        conn: Connection,
+        event: Event,
+        agent_id: int,
+        vector: bytes | None,
+        claim: Claim | None = None,
+        cached: bool = False,
     ) -> tuple[Received, AgentMemory, Message] | None:
         """For an agent that is free: the event into the inbox and its memory in one transaction
-        (None if it is a redelivery, or `claim` refused it)."""
+        (None if it is a redelivery, or `claim` refused it). `cached`: the agent id came from this
+        process's memory of the account, so it is checked against the identity first: another
+        process may have forgotten the person (and a new agent may since have been given that id)
+        or linked the account elsewhere; then AgentNotFoundError, and the caller looks it up anew."""
+        if cached:
+            person = event.person
+            identity = identities.find(conn, person.platform, person.user_id)
+            if identity is None or identity.agent_id != agent_id:
+                raise AgentNotFoundError(
+                    f"{person.platform} user {person.user_id} is no longer agent {agent_id}"
+                )
         if inbox.seen(conn, event.source_key) or (claim is not None and not claim(conn)):
             return None
         conversation_id = self.conversation(conn, event.conversation)

@@ -58,6 +58,7 @@ class Runtime:
         self.locks = AgentLocks()
         self._current: dict[int, ToolContext] = {}  # inbox item -> its turn's context, while it runs
         self._running: set[asyncio.Task[object]] = set()  # tasks inside handle/wake, for drain()
+        self.forget_requests: dict[tuple[str, str], float] = {}  # account -> deadline of its /forget confirm
         self.stopping = False  # set by drain(): new events are stored, answered at the next start
         self.reception = Reception(settings, db, embedder)
 
@@ -181,7 +182,7 @@ class Runtime:
         known = agent_id if agent_id is not None else self.reception.known(event.person)
         if known is not None and not self.locks.busy(known):
             try:
-                return await self._answer_now(known, event, claim)
+                return await self._answer_now(known, event, claim, cached=agent_id is None)
             except AgentNotFoundError:  # forgotten, or the account was linked to another agent
                 if agent_id is not None:
                     return await self._lost(event, StorageError(f"there is no agent {agent_id}"))
@@ -202,12 +203,16 @@ class Runtime:
             return await self._lost(event, exc)
         return _duplicate(event) if received is None else Turn(failed=True)
 
-    async def _answer_now(self, agent_id: int, event: Event, claim: Claim | None = None) -> Turn:
+    async def _answer_now(
+        self, agent_id: int, event: Event, claim: Claim | None = None, cached: bool = False
+    ) -> Turn:
         """The agent is free: take it at once and store the event with its inbox row together."""
         async with self.locks.hold(agent_id):
             vector = await self.reception.vector(agent_id, event)
             try:
-                found = await self.db.run(self.reception.receive_and_store, event, agent_id, vector, claim)
+                found = await self.db.run(
+                    self.reception.receive_and_store, event, agent_id, vector, claim, cached
+                )
             except AgentNotFoundError:
                 raise
             except Exception as exc:

@@ -7,6 +7,9 @@ enter the repository).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +154,33 @@ def test_qa_asks_the_agent_and_judges(
     # each question saw a fresh copy: no earlier question or answer in its context
     later = json.dumps(next(r for r in fake.requests if r.get("tools") and "instrument" in last_user_text(r)))
     assert "Where is Ana" not in later and "In Lisbon." not in later
+
+
+def test_recall_is_split_by_whether_the_question_names_a_date(tmp_path: Path):
+    data = sample()
+    data["qa"].append(
+        {
+            "question": "What did Ben start on 2 July, 2023?",
+            "answer": "cello",
+            "evidence": ["D2:1"],
+            "category": 4,
+        }
+    )
+    path, out = tmp_path / "dated.json", tmp_path / "dated-report.json"
+    path.write_text(json.dumps([data]))
+    done = subprocess.run(
+        [sys.executable, "-m", "adapters.cli", "eval", "locomo", str(path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "MEMBOT_DB": str(tmp_path / "unused.db")},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["questions_by_date"] == {
+        "names a date": {"1-4": 1, "4": 1},
+        "no date": {"1-4": 3, "2": 1, "4": 2},
+    }
+    assert report["recall_by_date"]["names a date"]["4"]["1"] == 1.0  # the day's first message is the answer
+    assert "questions that name a date" in done.stdout and "questions that name no date" in done.stdout

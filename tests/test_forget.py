@@ -244,3 +244,50 @@ async def test_documents_reminders_and_quiet_travel_with_the_export(fake_server,
         assert again[section] == memory[section], section
     memory_text = await runtime.command(person, "/memory")
     assert memory_text is not None and "garden.md" in memory_text
+
+
+def test_a_person_forgets_themselves_from_the_chat_after_confirming(fake_server, tmp_path: Path):
+    fake = fake_server(remembering)
+    run_chat(fake, tmp_path, "bob", lines("bob says bobword1"))
+    said = run_chat(
+        fake,
+        tmp_path,
+        "alice",
+        lines("alice says zebrafoxtrot1", "alice says zebrafoxtrot2", "/forget confirm", "/memory"),
+    ).stdout.decode()
+    assert "Send /forget first" in said and "likes zebrafoxtrot2" in said  # confirm alone deletes nothing
+    [(alice,)] = query(tmp_path, "SELECT agent_id FROM identities WHERE platform_user_id = 'alice'")
+    [(kept,)] = query(tmp_path, "SELECT count(*) FROM messages WHERE agent_id = ?", alice)
+
+    said = run_chat(
+        fake, tmp_path, "alice", lines("/forget", "/forget confirm", "alice says newword7")
+    ).stdout.decode()
+    assert f"{kept} messages, 2 archival passages" in said and "There is no undo" in said
+    assert "Done: I have forgotten everything about you" in said
+    assert on_disk(tmp_path, b"zebrafoxtrot") == 0
+    # writing again starts a new, empty memory, and Bob's is untouched
+    [(again,)] = query(tmp_path, "SELECT agent_id FROM identities WHERE platform_user_id = 'alice'")
+    texts = [t for (t,) in query(tmp_path, "SELECT content FROM messages WHERE agent_id = ?", again)]
+    assert any("newword7" in t for t in texts) and not any("zebrafoxtrot" in t for t in texts)
+    assert query(tmp_path, "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH 'bobword1'") == [(1,)]
+
+
+async def test_a_person_forgotten_by_another_process_is_not_answered_as_whoever_got_their_id(
+    fake_server, runtime_for, tmp_path: Path
+):
+    fake = fake_server(remembering)
+    bot = await runtime_for(fake)  # the running bot: it remembers which agent each account is
+    await bot.handle(Event.direct("terminal", "erin", "erin says erinword1"))
+    erin = await bot.find_agent("terminal", "erin")
+    operator = await runtime_for(fake)  # `membot forget`, then a new person, in another process
+    await controls.forget(operator, erin.id)
+    await operator.handle(Event.direct("terminal", "fred", "fred says fredword1"))
+    fred = await operator.find_agent("terminal", "fred")
+
+    await bot.handle(Event.direct("terminal", "erin", "erin says erinword2"))
+    again = await bot.find_agent("terminal", "erin")
+    assert again is not None and again.id != fred.id
+    freds = [t for (t,) in query(tmp_path, "SELECT content FROM messages WHERE agent_id = ?", fred.id)]
+    assert any("fredword1" in t for t in freds) and not any("erinword" in t for t in freds)
+    erins = [t for (t,) in query(tmp_path, "SELECT content FROM messages WHERE agent_id = ?", again.id)]
+    assert any("erinword2" in t for t in erins) and not any("fredword" in t for t in erins)
