@@ -169,6 +169,24 @@ class DiscordBot:
         ) -> None:
             await self._command(interaction, "/quiet off" if mode else "/quiet")
 
+        @tree.command(
+            name="link", description="Share one memory with your other account (code from /link there)"
+        )
+        @app_commands.describe(code="The code /link gave you on your other account; leave out to get one")
+        async def link(interaction: discord.Interaction, code: str = "") -> None:
+            await self._command(interaction, f"/link {code}".strip())
+
+        @tree.command(name="unlink", description="This account leaves the shared memory and starts over")
+        async def unlink(interaction: discord.Interaction) -> None:
+            await self._command(interaction, "/unlink")
+
+        @tree.command(name="forget", description="Delete what I keep about you (asks you to confirm first)")
+        @app_commands.describe(
+            what="leave out: everything; 'passage ID', 'about QUERY', or 'confirm' after the preview"
+        )
+        async def forget(interaction: discord.Interaction, what: str = "") -> None:
+            await self._command(interaction, f"/forget {what}".strip())
+
         @tree.command(name="help", description="What you can ask me to do")
         async def help_(interaction: discord.Interaction) -> None:
             await self._command(interaction, "/help")

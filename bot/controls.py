@@ -59,3 +59,18 @@ async def forget(runtime: Runtime, agent_id: int) -> Deleted:
         deleted.vectors,
     )
     return deleted
+
+
+async def forget_passages(runtime: Runtime, agent_id: int, ids: list[int]) -> int:
+    """Delete these archival passages of the agent (others' ids delete nothing), leaving none of
+    their text in the file or the WAL; how many went."""
+    async with runtime.locks.hold(agent_id):
+        gone = await runtime.db.run(erasure.forget_passages, agent_id, ids)
+    if gone and not await runtime.db.checkpoint():
+        log.warning(
+            "forgot %d passages of agent %s; another process is reading, so the WAL keeps old pages",
+            gone,
+            agent_id,
+        )
+    log.info("forgot %d archival passages of agent %s", gone, agent_id)
+    return gone

@@ -58,7 +58,9 @@ async def archival_memory_read(
         page: 0 shows the passage before, this one and the next; 1 the three after those, -1 the three before.
     """
     found = await _document(ctx, str(document))
-    last = found.passages
+    memory = ctx.memory
+    # (positions keep their numbers when a person deletes a passage with /forget passage ID)
+    last = max(found.passages, await memory.db.read(documents.last_position, memory.agent_id, found.id))
     start = position - 1 + page * READ_PAGE
     first, end = max(1, start), min(last, start + READ_PAGE - 1)
     if position < 1 or first > end:
@@ -66,7 +68,6 @@ async def archival_memory_read(
             f"Document {found.id} {found.name!r} has passages 1-{last}; position {position} "
             f"with page {page} is outside them."
         )
-    memory = ctx.memory
     pages = await memory.db.read(documents.read, memory.agent_id, found.id, first, end, memory.public)
     lines = [f"Document {found.id} {found.name!r} ({found.kind}, {last} passages), passages {first}-{end}:"]
     for passage in pages:

@@ -25,7 +25,7 @@ from storage.messages import Message
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 50_000
-PERSONA = (
+PERSONA = (  # the built-in default persona, also shipped as bot/data/personas/membot.txt
     "I am membot, a warm, curious and concise companion. I remember what people tell me, "
     "follow up on what matters to them, and never pretend to remember what I don't."
 )
@@ -56,6 +56,7 @@ class Reception:
         self.settings = settings
         self.db = db
         self.embedder = embedder
+        self.persona, self.human = settings.starting_blocks()  # checked when the settings were read
         self.unembedded: set[int] = set()  # agents with messages waiting for a vector
         self.agents: dict[tuple[str, str], int] = {}  # (platform, user id) -> agent id, as seen
         self.conversations: dict[tuple[str, str, str], tuple[int, tuple[str, str]]] = {}
@@ -80,10 +81,11 @@ class Reception:
         if found:
             return found
         made = agents.create(conn, platform, user_id, name, timezone or self.settings.timezone)
-        human = f"Name: {name}" if name else ""
+        human = "\n".join(part for part in (f"Name: {name}" if name else "", self.human or "") if part)
+        human = human[: self.settings.block_limit]
         for scope in (blocks.PRIVATE, blocks.PUBLIC):
             for label, purpose in BLOCKS:
-                value = PERSONA if label == "persona" else human
+                value = self.persona if label == "persona" else human
                 blocks.create(conn, made.id, label, purpose, value, self.settings.block_limit, scope)
         log.info("created agent %s for %s user %s", made.id, platform, user_id)
         return made

@@ -58,7 +58,8 @@ class Runtime:
         self.locks = AgentLocks()
         self._current: dict[int, ToolContext] = {}  # inbox item -> its turn's context, while it runs
         self._running: set[asyncio.Task[object]] = set()  # tasks inside handle/wake, for drain()
-        self.forget_requests: dict[tuple[str, str], float] = {}  # account -> deadline of its /forget confirm
+        # account -> what its last /forget preview will delete on /forget confirm, and until when
+        self.forget_requests: dict[tuple[str, str], chat_commands.ForgetRequest] = {}
         self.stopping = False  # set by drain(): new events are stored, answered at the next start
         self.reception = Reception(settings, db, embedder)
 

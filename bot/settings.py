@@ -57,6 +57,20 @@ class Settings:
     block_limit: int = field(
         default=2000, metadata=_env("MEMBOT_BLOCK_LIMIT", "characters per core memory block")
     )
+    persona: str = field(
+        default="membot",
+        metadata=_env("MEMBOT_PERSONA", "persona of new agents: NAME of a NAME.txt in the personas folders"),
+    )
+    human: str = field(
+        default="",
+        metadata=_env("MEMBOT_HUMAN", "human block of new agents: NAME of a NAME.txt in the humans folders"),
+    )
+    personas_dir: str = field(
+        default="", metadata=_env("MEMBOT_PERSONAS_DIR", "folder of persona .txt files (default: ./personas)")
+    )
+    humans_dir: str = field(
+        default="", metadata=_env("MEMBOT_HUMANS_DIR", "folder of human .txt files (default: ./humans)")
+    )
     llm_timeout: float = field(
         default=60.0,
         metadata=_env("MEMBOT_LLM_TIMEOUT", "seconds per LLM attempt (each retry gets as long again)"),
@@ -193,6 +207,12 @@ class Settings:
     def uses_openai_cloud(self) -> bool:
         return self.openai_base_url.rstrip("/") == OPENAI_URL
 
+    def starting_blocks(self) -> tuple[str, str | None]:
+        """The persona text and the human text (None: MEMBOT_HUMAN unset) new agents start with."""
+        from bot.personas import starting_blocks
+
+        return starting_blocks(self.persona, self.human, self.personas_dir, self.humans_dir, self.block_limit)
+
     def llm_api_key(self) -> str:
         """The key to send; local servers need none, OpenAI's does."""
         if self.openai_api_key:
@@ -301,6 +321,7 @@ def _validate(s: Settings) -> None:
             f"MEMBOT_DISCORD_SHARDS={s.discord_shards!r}: leave it empty, or set auto or a shard count."
         )
     parse_quiet_hours(s.quiet_hours)
+    s.starting_blocks()
     try:
         ZoneInfo(s.timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -15,6 +15,7 @@ and full-text rows (storage.lifecycle), never by a cascade that would leave vect
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from storage import agents, lifecycle, vectors
@@ -150,6 +151,40 @@ def remove(conn: Connection, agent_id: int, document_id: int) -> int:
     gone = lifecycle.delete_passages(conn, agent_id, ids)
     conn.execute("DELETE FROM documents WHERE agent_id = ? AND id = ?", (agent_id, document_id))
     return gone
+
+
+def of_passages(conn: Connection, agent_id: int, passage_ids: list[int]) -> dict[int, int]:
+    """document id -> how many of these passages of this agent were cut from it."""
+    rows = conn.execute(
+        "SELECT document_id, count(*) FROM passages WHERE agent_id = ? AND document_id IS NOT NULL "
+        "AND id IN (SELECT value FROM json_each(?)) GROUP BY document_id",
+        (agent_id, json.dumps([int(i) for i in passage_ids])),
+    )
+    return {int(d): int(n) for d, n in rows}
+
+
+def passages_removed(conn: Connection, agent_id: int, removed: dict[int, int]) -> None:
+    """Some passages of these documents were deleted one by one (`of_passages` before): lower
+    their passage counts, and delete a document left with none."""
+    for document_id, count in removed.items():
+        conn.execute(
+            "UPDATE documents SET passage_count = max(passage_count - ?, 0) WHERE agent_id = ? AND id = ?",
+            (count, agent_id, document_id),
+        )
+        conn.execute(
+            "DELETE FROM documents WHERE agent_id = ? AND id = ? AND passage_count = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM passages WHERE agent_id = ? AND document_id = ?)",
+            (agent_id, document_id, agent_id, document_id),
+        )
+
+
+def last_position(conn: Connection, agent_id: int, document_id: int) -> int:
+    """The position of this agent's document's last passage (its count, unless some were deleted)."""
+    row = conn.execute(
+        "SELECT coalesce(max(position), 0) FROM passages WHERE agent_id = ? AND document_id = ?",
+        (agent_id, document_id),
+    ).fetchone()
+    return int(row[0])
 
 
 def list_for(conn: Connection, agent_id: int, public_only: bool = False) -> list[Document]:

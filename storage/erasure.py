@@ -9,11 +9,15 @@ FTS5 keeps a deleted row's terms in its segments until a merge. The caller then 
 WAL with TRUNCATE (`Database.checkpoint`), since page images from before the delete live there.
 Measured (tests/test_forget.py, bench): with all of it, a forgotten person's words are found
 neither in the database file nor in the WAL; without the optimize, their terms stay in the index.
+
+`forget_passages` does the same for some archival passages of one agent (`/forget passage ID`,
+`/forget about QUERY`): their rows, vectors and full-text terms, and the passage counts of the
+documents they were cut from.
 """
 
 from __future__ import annotations
 
-from storage import lifecycle
+from storage import documents, lifecycle
 from storage.db import Connection
 
 FULLTEXT = ("messages_fts", "passages_fts")
@@ -21,7 +25,25 @@ FULLTEXT = ("messages_fts", "passages_fts")
 
 def forget(conn: Connection, agent_id: int) -> lifecycle.Deleted:
     """Delete everything of this agent and merge the full-text indexes, in the caller's transaction."""
+    conn.execute(  # wrong /link codes its accounts tried name them, not the agent
+        "DELETE FROM link_failures WHERE (platform, platform_user_id) IN "
+        "(SELECT platform, platform_user_id FROM identities WHERE agent_id = ?)",
+        (agent_id,),
+    )
     deleted = lifecycle.delete_agent(conn, agent_id)
     for table in FULLTEXT:
         conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
     return deleted
+
+
+def forget_passages(conn: Connection, agent_id: int, ids: list[int]) -> int:
+    """Delete these passages of this agent (ids of other agents' passages are ignored) with their
+    vectors and full-text rows, keep their documents' passage counts right (a document whose last
+    passage went is removed), and merge the passages index; how many went. The caller
+    checkpoints the WAL."""
+    cut = documents.of_passages(conn, agent_id, ids)
+    gone = lifecycle.delete_passages(conn, agent_id, ids)
+    if gone:
+        documents.passages_removed(conn, agent_id, cut)
+        conn.execute("INSERT INTO passages_fts (passages_fts) VALUES ('optimize')")
+    return gone

@@ -596,6 +596,33 @@ def m009_documents(conn: Connection) -> None:
     )
 
 
+def m010_link_codes(conn: Connection) -> None:
+    """One-time codes that join a person's accounts to one agent (`/link`, bot/linking.py): the
+    sha256 of the code (never the code), its agent and the account that asked, when it expires and
+    when it was used; and the wrong codes an account tried (`link_failures`), to limit guessing."""
+    _execute_all(
+        conn,
+        """
+        CREATE TABLE link_codes (
+            code_hash TEXT PRIMARY KEY,
+            agent_id INTEGER NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            platform TEXT NOT NULL,
+            platform_user_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT
+        );
+        CREATE INDEX link_codes_by_agent ON link_codes (agent_id);
+        CREATE TABLE link_failures (
+            platform TEXT NOT NULL,
+            platform_user_id TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        CREATE INDEX link_failures_by_account ON link_failures (platform, platform_user_id, at);
+        """,
+    )
+
+
 Migration = Callable[[Connection], None]
 
 MIGRATIONS: list[Migration] = [
@@ -608,6 +635,7 @@ MIGRATIONS: list[Migration] = [
     m007_conversations,
     m008_scheduler,
     m009_documents,
+    m010_link_codes,
 ]
 
 

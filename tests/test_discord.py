@@ -607,3 +607,34 @@ def test_membot_discord_with_a_wrong_token_says_how_to_fix_it_in_one_line(tmp_pa
     assert len(lines) == 1 and "Discord refused DISCORD_TOKEN" in lines[0] and "Reset Token" in lines[0]
     assert "Traceback" not in err and "not-the-token" not in err
     assert stand_in.identifies == []  # refused at login, before the gateway
+
+
+async def test_the_link_slash_command_gives_a_code_for_the_person_alone(discord_bot):
+    bot = await discord_bot()
+    [(_, commands)] = bot.discord.syncs
+    assert {c["name"] for c in commands} >= {"link", "unlink"}
+    bot.discord.dispatch("INTERACTION_CREATE", slash_command("link", BEA))
+    await eventually(lambda: len(bot.discord.callbacks) == 1)
+    [answer] = bot.discord.callbacks
+    assert answer["data"]["flags"] == 64 and "Your link code: " in answer["data"]["content"]
+    code = answer["data"]["content"].split("Your link code: ", 1)[1][:8]
+    bot.discord.dispatch("INTERACTION_CREATE", slash_command("link", BEA, {"code": code}))
+    await eventually(lambda: len(bot.discord.callbacks) == 2)
+    assert "already shares memory" in bot.discord.callbacks[1]["data"]["content"]
+
+
+async def test_the_forget_slash_command_previews_then_deletes_after_confirm(discord_bot):
+    bot = await discord_bot()
+    [(_, commands)] = bot.discord.syncs
+    assert "forget" in {c["name"] for c in commands}
+    await bot.runtime.handle(Event.direct("discord", "100000000000000002", "remember my bike", name="Bea"))
+    assert await bot.runtime.find_agent("discord", "100000000000000002") is not None
+    bot.discord.dispatch("INTERACTION_CREATE", slash_command("forget", BEA))
+    await eventually(lambda: len(bot.discord.callbacks) == 1)
+    preview = bot.discord.callbacks[0]["data"]
+    assert preview["flags"] == 64 and "There is no undo" in preview["content"]
+    assert await bot.runtime.find_agent("discord", "100000000000000002") is not None  # nothing gone yet
+    bot.discord.dispatch("INTERACTION_CREATE", slash_command("forget", BEA, {"what": "confirm"}))
+    await eventually(lambda: len(bot.discord.callbacks) == 2)
+    assert "forgotten everything" in bot.discord.callbacks[1]["data"]["content"]
+    assert await bot.runtime.find_agent("discord", "100000000000000002") is None

@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.errors import ToolError
+from bot.events import Event
 from bot.memory import Scope
 from bot.reminder_tools import next_time
 from bot.runtime import Runtime
@@ -57,10 +58,14 @@ async def test_schedule_list_and_cancel(runtime_for, fake_server):
     ok, listed = await call(runtime, ctx, "list_reminders")
     assert ok and "call the dentist" in listed and listed.startswith("1 pending")
     [made] = await runtime.db.read(reminders.pending_for, ctx.memory.agent_id)
+    ann = Event.direct("chat", "ann", "hi").person
+    shown = await runtime.command(ann, "/memory")
+    assert shown is not None and "reminders: 1 scheduled (next: 2031-01-15 09:00 UTC)" in shown
     ok, text = await call(runtime, ctx, "cancel_reminder", reminder_id=made.id)
     assert ok, text
     ok, listed = await call(runtime, ctx, "list_reminders")
     assert listed == "No pending reminders."
+    assert "reminders: none scheduled" in (await runtime.command(ann, "/memory") or "")
     ok, text = await call(runtime, ctx, "cancel_reminder", reminder_id=made.id)
     assert not ok and "list_reminders" in text
 

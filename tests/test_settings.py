@@ -82,3 +82,51 @@ def test_secrets_never_appear_in_repr():
     )
     text = repr(settings) + str(settings)
     assert "supersecret" not in text and "disc-secret" not in text and "xoxb-secret" not in text
+
+
+def test_personas_and_humans_come_from_their_folders_first_then_the_built_in_ones(tmp_path: Path):
+    from bot.reception import PERSONA
+
+    assert load_settings({}, dotenv_path=None).starting_blocks() == (PERSONA, None)
+    assert (ROOT / "bot" / "data" / "personas" / "membot.txt").read_text().strip() == PERSONA
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "sam.txt").write_text("I am Sam, a ship's cook.\n")
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "chad.txt").write_text("First name: Chad\n")
+    settings = load_settings(
+        {
+            "MEMBOT_PERSONA": "sam",
+            "MEMBOT_PERSONAS_DIR": str(tmp_path / "p"),
+            "MEMBOT_HUMAN": "chad",
+            "MEMBOT_HUMANS_DIR": str(tmp_path / "h"),
+        },
+        dotenv_path=None,
+    )
+    assert settings.starting_blocks() == ("I am Sam, a ship's cook.", "First name: Chad")
+    built_in = load_settings(
+        {"MEMBOT_PERSONAS_DIR": str(tmp_path / "p"), "MEMBOT_HUMAN": "basic"}, dotenv_path=None
+    )
+    assert built_in.starting_blocks()[0] == PERSONA and built_in.starting_blocks()[1]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"MEMBOT_PERSONA": "nobody"},
+            r"MEMBOT_PERSONA='nobody' is not a known persona; available: .*membot",
+        ),
+        ({"MEMBOT_HUMAN": "nobody"}, r"MEMBOT_HUMAN='nobody' is not a known human; available: basic"),
+        (
+            {"MEMBOT_PERSONAS_DIR": "/no/such/folder"},
+            r"MEMBOT_PERSONAS_DIR='/no/such/folder' is not a folder",
+        ),
+        ({"MEMBOT_BLOCK_LIMIT": "100", "MEMBOT_PERSONA": "long"}, r"is 150 characters.*MEMBOT_BLOCK_LIMIT"),
+    ],
+)
+def test_an_unknown_or_too_long_persona_is_refused_with_the_fix(
+    env: dict[str, str], message: str, tmp_path: Path
+):
+    (tmp_path / "long.txt").write_text("x" * 150)
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"MEMBOT_PERSONAS_DIR": str(tmp_path), **env}, dotenv_path=None)

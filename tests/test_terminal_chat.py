@@ -391,3 +391,28 @@ def test_a_closed_output_stops_the_chat_in_one_line_and_keeps_the_answer(tmp_pat
         assert pending, "the answer that could not be printed should stay pending"
         again = run_chat(fake, tmp_path, "pipe")
         assert pending[0][0] in again.stdout.decode()
+
+
+def test_a_persona_file_gives_new_agents_their_persona_and_an_unknown_one_stops_membot(tmp_path: Path):
+    (tmp_path / "personas").mkdir()
+    (tmp_path / "personas" / "custom.txt").write_text("I am Captain Quarlo, a pirate who loves maps.\n")
+    with FakeOpenAI(answering) as fake:
+        shown = run_chat(fake, tmp_path, "u", lines("/memory"), MEMBOT_PERSONA="custom").stdout.decode()
+        assert "I am Captain Quarlo, a pirate who loves maps." in shown
+        again = run_chat(fake, tmp_path, "u", lines("/memory")).stdout.decode()  # existing agents keep theirs
+        assert "Captain Quarlo" in again
+        other = run_chat(fake, tmp_path, "v", lines("/memory")).stdout.decode()
+        assert "I am membot" in other
+
+        refused = subprocess.run(
+            command("w"),
+            input=b"/memory\n",
+            capture_output=True,
+            env=environment(fake, tmp_path, MEMBOT_PERSONA="nobody"),
+            cwd=tmp_path,
+            timeout=TIMEOUT,
+        )
+        err = refused.stderr.decode()
+        assert refused.returncode != 0 and "Traceback" not in err
+        assert "MEMBOT_PERSONA='nobody'" in err and "custom, membot" in err
+        assert query(tmp_path, "SELECT count(*) FROM identities WHERE platform_user_id = 'w'") == [(0,)]
