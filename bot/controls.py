@@ -42,15 +42,8 @@ async def forget(runtime: Runtime, agent_id: int) -> Deleted:
     (storage/erasure.py says how), and drop it from the runtime's caches."""
     async with runtime.locks.hold(agent_id):
         deleted = await runtime.db.run(erasure.forget, agent_id)
-        for key, cached in list(runtime.reception.agents.items()):
-            if cached == agent_id:
-                del runtime.reception.agents[key]
-    if not await runtime.db.checkpoint():
-        log.warning(
-            "forgot agent %s; another process is reading the database, so the WAL keeps old pages "
-            "until its next checkpoint",
-            agent_id,
-        )
+        runtime.reception.forget_agent(agent_id)
+    await _truncate_wal(runtime, f"forgot agent {agent_id}")
     log.info(
         "forgot agent %s: %d messages, %d passages, %d vectors",
         agent_id,
@@ -66,11 +59,17 @@ async def forget_passages(runtime: Runtime, agent_id: int, ids: list[int]) -> in
     their text in the file or the WAL; how many went."""
     async with runtime.locks.hold(agent_id):
         gone = await runtime.db.run(erasure.forget_passages, agent_id, ids)
-    if gone and not await runtime.db.checkpoint():
-        log.warning(
-            "forgot %d passages of agent %s; another process is reading, so the WAL keeps old pages",
-            gone,
-            agent_id,
-        )
+    if gone:
+        await _truncate_wal(runtime, f"forgot {gone} passages of agent {agent_id}")
     log.info("forgot %d archival passages of agent %s", gone, agent_id)
     return gone
+
+
+async def _truncate_wal(runtime: Runtime, what: str) -> None:
+    """The WAL holds page images from before a delete: checkpoint it away (TRUNCATE)."""
+    if not await runtime.db.checkpoint():
+        log.warning(
+            "%s; another process is reading the database, so the WAL keeps old pages until its next "
+            "checkpoint",
+            what,
+        )

@@ -9,7 +9,7 @@ archival passages where they do not, and its summaries become archival passages,
 lost. `/unlink` splits the asking account off again: it gets a fresh, empty agent, and the
 merged memory stays with the agent.
 
-Codes live in the database (table `link_codes`, migration m010): only their sha256 is stored,
+Codes live in the database (storage/link_codes.py, migration m010): only their sha256 is stored,
 so they survive a restart and work across processes (`membot chat` in one, `membot discord` in
 another). A second `/link` replaces the agent's unused code. A wrong, used or expired code is
 refused; after MAX_FAILURES wrong codes from one account within FAILURE_WINDOW, it is refused
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from storage import agents, blocks, lifecycle, passages
+from storage import agents, blocks, identities, lifecycle, link_codes, passages
 from storage.clock import now_iso, to_iso
 
 if TYPE_CHECKING:
@@ -59,70 +59,8 @@ def _account(platform: str, user_id: str) -> str:
     return f"{platform} user {user_id}"
 
 
-@dataclass(frozen=True)
-class Code:
-    agent_id: int
-    platform: str
-    platform_user_id: str
-
-
-# storage: each in the caller's transaction
-
-
-def store_code(conn: Connection, agent_id: int, platform: str, user_id: str, code: str) -> None:
-    """Keep the code's hash for this agent, replacing its unused codes."""
-    now = datetime.now(UTC)
-    conn.execute("DELETE FROM link_codes WHERE agent_id = ? AND used_at IS NULL", (agent_id,))
-    conn.execute(
-        "INSERT INTO link_codes (code_hash, agent_id, platform, platform_user_id, created_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (_hash(code), agent_id, platform, user_id, to_iso(now), to_iso(now + CODE_LIFETIME)),
-    )
-
-
-def valid_code(conn: Connection, code: str) -> Code | None:
-    """The unused, unexpired code's owner, if there is one."""
-    row = conn.execute(
-        "SELECT agent_id, platform, platform_user_id FROM link_codes "
-        "WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
-        (_hash(code), now_iso()),
-    ).fetchone()
-    return Code(int(row[0]), str(row[1]), str(row[2])) if row else None
-
-
-def use_code(conn: Connection, code: str, agent_id: int) -> bool:
-    """Mark the code used, if it is still valid and still this agent's; whether it was."""
-    cursor = conn.execute(
-        "UPDATE link_codes SET used_at = ? WHERE code_hash = ? AND agent_id = ? AND used_at IS NULL "
-        "AND expires_at > ?",
-        (now_iso(), _hash(code), agent_id, now_iso()),
-    )
-    return int(cursor.rowcount) == 1
-
-
-def failures(conn: Connection, platform: str, user_id: str) -> int:
-    since = to_iso(datetime.now(UTC) - FAILURE_WINDOW)
-    conn.execute("DELETE FROM link_failures WHERE at <= ?", (since,))
-    row = conn.execute(
-        "SELECT count(*) FROM link_failures WHERE platform = ? AND platform_user_id = ? AND at > ?",
-        (platform, user_id, since),
-    ).fetchone()
-    return int(row[0])
-
-
-def record_failure(conn: Connection, platform: str, user_id: str) -> None:
-    conn.execute(
-        "INSERT INTO link_failures (platform, platform_user_id, at) VALUES (?, ?, ?)",
-        (platform, user_id, now_iso()),
-    )
-
-
-def _exists(conn: Connection, agent_id: int) -> bool:
-    return conn.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone() is not None
-
-
-def identity_count(conn: Connection, agent_id: int) -> int:
-    return int(conn.execute("SELECT count(*) FROM identities WHERE agent_id = ?", (agent_id,)).fetchone()[0])
+def _failures(conn: Connection, platform: str, user_id: str) -> int:
+    return link_codes.failures(conn, platform, user_id, to_iso(datetime.now(UTC) - FAILURE_WINDOW))
 
 
 # merging
@@ -165,11 +103,9 @@ def plan(kept: list[Block], merged: list[Block], summaries: tuple[str, str]) -> 
 def _merge(
     conn: Connection, code: str, keep_id: int, merge_id: int, to_do: Plan, vectors: list[bytes]
 ) -> lifecycle.Moved | None:
-    if not use_code(conn, code, keep_id):
+    if not link_codes.use(conn, _hash(code), keep_id, now_iso()) or not agents.exists(conn, merge_id):
         return None
-    if not _exists(conn, merge_id):
-        return None
-    conn.execute("DELETE FROM link_codes WHERE agent_id = ?", (merge_id,))  # not carried over
+    link_codes.drop_for_agent(conn, merge_id)  # not carried over
     moved = lifecycle.move_agent(conn, merge_id, keep_id)
     for scope, label, value in to_do.writes:
         blocks.write(conn, keep_id, label, value, scope)
@@ -179,9 +115,10 @@ def _merge(
 
 
 def _join(conn: Connection, code: str, keep_id: int, platform: str, user_id: str, name: str) -> bool:
-    from storage import identities
-
-    if not use_code(conn, code, keep_id) or agents.find(conn, platform, user_id) is not None:
+    if (
+        not link_codes.use(conn, _hash(code), keep_id, now_iso())
+        or agents.find(conn, platform, user_id) is not None
+    ):
         return False
     identities.link(conn, platform, user_id, keep_id, name)
     return True
@@ -200,8 +137,16 @@ async def link(runtime: Runtime, person: Person, argument: str) -> str:
 
 async def _give_code(runtime: Runtime, person: Person) -> str:
     agent = await runtime.agent_for(person.platform, person.user_id, person.name)
-    code = new_code()
-    await runtime.db.run(store_code, agent.id, person.platform, person.user_id, code)
+    code, now = new_code(), datetime.now(UTC)
+    await runtime.db.run(
+        link_codes.store,
+        agent.id,
+        person.platform,
+        person.user_id,
+        _hash(code),
+        to_iso(now),
+        to_iso(now + CODE_LIFETIME),
+    )
     return (
         f"Your link code: {code}. On your other account, send /link {code} within 10 minutes; that "
         "account will then share this memory (anything it remembers is merged in). Show this code to "
@@ -209,19 +154,13 @@ async def _give_code(runtime: Runtime, person: Person) -> str:
     )
 
 
-def _drop_cached(runtime: Runtime, agent_id: int) -> None:
-    for key, cached in list(runtime.reception.agents.items()):
-        if cached == agent_id:
-            del runtime.reception.agents[key]
-
-
 async def _redeem(runtime: Runtime, person: Person, code: str) -> str:
     platform, user_id = person.platform, person.user_id
-    if await runtime.db.read(failures, platform, user_id) >= MAX_FAILURES:
+    if await runtime.db.run(_failures, platform, user_id) >= MAX_FAILURES:
         return LIMITED
-    found = await runtime.db.read(valid_code, code)
+    found = await runtime.db.read(link_codes.valid, _hash(code), now_iso())
     if found is None:
-        await runtime.db.run(record_failure, platform, user_id)
+        await runtime.db.run(link_codes.record_failure, platform, user_id, now_iso())
         return REFUSED
     other = _account(found.platform, found.platform_user_id)
     mine = await runtime.find_agent(platform, user_id)
@@ -244,7 +183,7 @@ async def _redeem(runtime: Runtime, person: Person, code: str) -> str:
         moved = await runtime.db.run(_merge, code, found.agent_id, mine.id, to_do, vectors)
         if moved is None:
             return REFUSED
-        _drop_cached(runtime, mine.id)
+        runtime.reception.forget_agent(mine.id)
         if mine.id in runtime.reception.unembedded:
             runtime.reception.unembedded.discard(mine.id)
             runtime.reception.unembedded.add(found.agent_id)
@@ -257,29 +196,12 @@ async def _redeem(runtime: Runtime, person: Person, code: str) -> str:
 
 
 def _plan(conn: Connection, keep_id: int, merge_id: int) -> Plan | None:
-    if not _exists(conn, keep_id) or not _exists(conn, merge_id):
+    if not agents.exists(conn, keep_id) or not agents.exists(conn, merge_id):
         return None
     kept = blocks.list_for(conn, keep_id, blocks.PRIVATE) + blocks.list_for(conn, keep_id, blocks.PUBLIC)
     merged = blocks.list_for(conn, merge_id, blocks.PRIVATE) + blocks.list_for(conn, merge_id, blocks.PUBLIC)
     record = agents.get(conn, merge_id)
     return plan(kept, merged, (record.summary, record.public_summary))
-
-
-def _split(conn: Connection, agent_id: int, platform: str, user_id: str) -> bool:
-    """Take this account off the agent (not its last one); whether it was."""
-    if identity_count(conn, agent_id) < 2:
-        return False
-    conn.execute(
-        "DELETE FROM identities WHERE platform = ? AND platform_user_id = ? AND agent_id = ?",
-        (platform, user_id, agent_id),
-    )
-    # the agent row names its first account (unique): hand that to an account it keeps
-    conn.execute(
-        "UPDATE agents SET (platform, platform_user_id) = (SELECT platform, platform_user_id FROM identities "
-        "WHERE agent_id = ? ORDER BY created_at, platform, platform_user_id LIMIT 1) WHERE id = ? AND platform = ? AND platform_user_id = ?",
-        (agent_id, agent_id, platform, user_id),
-    )
-    return True
 
 
 async def unlink(runtime: Runtime, person: Person, argument: str) -> str:
@@ -289,7 +211,7 @@ async def unlink(runtime: Runtime, person: Person, argument: str) -> str:
     if found is None:
         return "I keep nothing about you; nothing to unlink."
     async with runtime.locks.hold(found.id):
-        split = await runtime.db.run(_split, found.id, platform, user_id)
+        split = await runtime.db.run(identities.split, found.id, platform, user_id)
         runtime.reception.forget(person)
     if not split:
         return "This account is not linked to another one; nothing to unlink."

@@ -69,6 +69,11 @@ class Reception:
         """Drop what is remembered of an account (its agent was deleted or it was linked away)."""
         self.agents.pop((person.platform, person.user_id), None)
 
+    def forget_agent(self, agent_id: int) -> None:
+        """Drop every account remembered as this agent's (it was forgotten or merged away)."""
+        for key in [key for key, cached in self.agents.items() if cached == agent_id]:
+            del self.agents[key]
+
     def memory(self, agent: AgentRecord, scope: Scope | None = None) -> AgentMemory:
         return AgentMemory(self.db, self.embedder, agent, scope)
 

@@ -67,6 +67,10 @@ def find(conn: Connection, platform: str, platform_user_id: str) -> Agent | None
     return _row(row) if row else None
 
 
+def exists(conn: Connection, agent_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone() is not None
+
+
 def get(conn: Connection, agent_id: int) -> Agent:
     row = conn.execute(f"SELECT {COLUMNS} FROM agents WHERE id = ?", (agent_id,)).fetchone()
     if row is None:

@@ -17,7 +17,7 @@ documents they were cut from.
 
 from __future__ import annotations
 
-from storage import documents, lifecycle
+from storage import documents, lifecycle, link_codes
 from storage.db import Connection
 
 FULLTEXT = ("messages_fts", "passages_fts")
@@ -25,11 +25,7 @@ FULLTEXT = ("messages_fts", "passages_fts")
 
 def forget(conn: Connection, agent_id: int) -> lifecycle.Deleted:
     """Delete everything of this agent and merge the full-text indexes, in the caller's transaction."""
-    conn.execute(  # wrong /link codes its accounts tried name them, not the agent
-        "DELETE FROM link_failures WHERE (platform, platform_user_id) IN "
-        "(SELECT platform, platform_user_id FROM identities WHERE agent_id = ?)",
-        (agent_id,),
-    )
+    link_codes.forget_failures(conn, agent_id)
     deleted = lifecycle.delete_agent(conn, agent_id)
     for table in FULLTEXT:
         conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")

@@ -44,3 +44,25 @@ def link(
     found = find(conn, platform, platform_user_id)
     assert found is not None
     return found
+
+
+def count(conn: Connection, agent_id: int) -> int:
+    return int(conn.execute("SELECT count(*) FROM identities WHERE agent_id = ?", (agent_id,)).fetchone()[0])
+
+
+def split(conn: Connection, agent_id: int, platform: str, platform_user_id: str) -> bool:
+    """Take this account off the agent, unless it is the agent's last; whether it was."""
+    if count(conn, agent_id) < 2:
+        return False
+    conn.execute(
+        "DELETE FROM identities WHERE platform = ? AND platform_user_id = ? AND agent_id = ?",
+        (platform, platform_user_id, agent_id),
+    )
+    # the agent row names its first account (unique): hand that to an account it keeps
+    conn.execute(
+        "UPDATE agents SET (platform, platform_user_id) = (SELECT platform, platform_user_id FROM identities "
+        "WHERE agent_id = ? ORDER BY created_at, platform, platform_user_id LIMIT 1) "
+        "WHERE id = ? AND platform = ? AND platform_user_id = ?",
+        (agent_id, agent_id, platform, platform_user_id),
+    )
+    return True
