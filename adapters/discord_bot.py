@@ -7,7 +7,9 @@ reply to one of its messages, or are in a channel of MEMBOT_DISCORD_CHANNELS. Ea
 answered by their own agent, told whether the place is private (a DM) or public (a channel,
 where the name of the server and channel and the speaker are in its prompt). A thread is a
 conversation of its own. `/memory`, `/timezone`, `/help` (and `/quiet`, where the core has it)
-are slash commands answered to the person alone, and the same words typed in a DM.
+are slash commands answered to the person alone, and the same words typed in a DM. `/export`
+hands over a file and `/import` takes one (adapters/discord_files.py): typed in a server channel,
+they are refused there without a word of memory.
 
 DISCORD_API_URL moves the REST base; when it is not Discord's, the gateway URL is asked from its
 `GET /gateway` (a plain client never asks: it dials Discord's fixed gateway), so the bot runs
@@ -27,9 +29,10 @@ import discord
 import yarl
 from discord import app_commands
 
+from adapters import discord_files
 from adapters.discord_sender import DiscordSender
 from adapters.discord_text import mentions_to_names, readable, split
-from bot.events import Attachment, ConfigError, Conversation, Event, Person
+from bot.events import Answer, Attachment, ConfigError, Conversation, Event, Person
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ DEFAULT_API = "https://discord.com/api/v10"
 APOLOGY = "Sorry, something went wrong on my side; please try again."
 NOT_AVAILABLE = "That command is not available in this version of membot."
 IN_PUBLIC = "Use the slash command {command} for that here: its answer is shown to you alone."
+FILES_IN_PUBLIC = "Use {command} in a direct message with me: your memory is never shown in a channel."
+FILE_COMMANDS = ("/export", "/import")
 ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 NO_CONTENT_WARNING = (
     "Discord refused the Message Content intent, so membot runs without it: messages in servers "
@@ -106,12 +111,15 @@ class DiscordBot:
 
     async def _answer(self, message: discord.Message, event: Event) -> None:
         if self.runtime.is_command(event.text):
+            command = event.text.split()[0]
             if event.conversation.private:
-                answer = await self.runtime.command(event.person, event.text) or NOT_AVAILABLE
+                files = tuple(discord_files.attachment(a) for a in message.attachments)
+                answer = await self.runtime.answer(event.person, event.text, files) or Answer(NOT_AVAILABLE)
+            elif command.lower() in FILE_COMMANDS:
+                answer = Answer(FILES_IN_PUBLIC.format(command=command.lower()))
             else:
-                answer = IN_PUBLIC.format(command=event.text.split()[0])
-            for part in split(answer):
-                await message.channel.send(part, allowed_mentions=discord.AllowedMentions.none())
+                answer = Answer(IN_PUBLIC.format(command=command))
+            await discord_files.send(message.channel, answer)
             return
         if self.settings.log_content:
             log.info("discord: message %s text: %s", message.id, event.text)
@@ -187,6 +195,18 @@ class DiscordBot:
         async def forget(interaction: discord.Interaction, what: str = "") -> None:
             await self._command(interaction, f"/forget {what}".strip())
 
+        @tree.command(name="export", description="Everything I keep about you, as one file (for you alone)")
+        async def export(interaction: discord.Interaction) -> None:
+            await discord_files.deferred(interaction, self.runtime, person_of(interaction.user), "/export")
+
+        @tree.command(name="import", description="Make a file /export gave you your memory here")
+        @app_commands.describe(file="The .json file that /export gave you")
+        async def import_(interaction: discord.Interaction, file: discord.Attachment) -> None:
+            files = (discord_files.attachment(file),)
+            await discord_files.deferred(
+                interaction, self.runtime, person_of(interaction.user), "/import", files
+            )
+
         @tree.command(name="help", description="What you can ask me to do")
         async def help_(interaction: discord.Interaction) -> None:
             await self._command(interaction, "/help")
@@ -194,7 +214,7 @@ class DiscordBot:
     async def _command(self, interaction: discord.Interaction, words: str) -> None:
         """A slash command's answer, ephemeral (shown to that person alone)."""
         user = interaction.user
-        person = Person(PLATFORM, str(user.id), user.display_name)
+        person = person_of(user)
         try:
             answer = await self.runtime.command(person, words) or NOT_AVAILABLE
         except Exception:
@@ -229,6 +249,10 @@ class DiscordBot:
             len(synced),
             f"to guild {guild_id}" if guild_id else "globally",
         )
+
+
+def person_of(user: discord.User | discord.Member) -> Person:
+    return Person(PLATFORM, str(user.id), user.display_name)
 
 
 def conversation_of(channel: discord.abc.MessageableChannel) -> Conversation:

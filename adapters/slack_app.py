@@ -10,8 +10,12 @@ Every event is acknowledged at once (Slack retries what is not answered within 3
 answered in a task of its own (adapters/slack_events.py makes the neutral event). A redelivery
 has the same message ts, which the core answers once, also after a restart. A failure in one
 event is logged and the person gets a short apology; the app goes on. `/membot WORDS` and a
-command typed in a DM run the core's chat commands and answer that person alone. On stop: no
-new events, turns under way get MEMBOT_SHUTDOWN_GRACE seconds, then the web client closes.
+command typed in a DM run the core's chat commands and answer that person alone. A command's
+files (`/membot export`) are uploaded into the person's DM with the bot, wherever the command
+was used (from a channel, an ephemeral line says where it went); `/import` takes the file
+attached to a DM whose text is `import` or `/import` (Slack's composer takes a leading `/` as a
+slash command, so the bare word counts there). On stop: no new events, turns under way get
+MEMBOT_SHUTDOWN_GRACE seconds, then the web client closes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -30,7 +35,7 @@ from adapters.slack_connection import check_credentials, http_mode, identify, so
 from adapters.slack_events import CACHE_SIZE, NETWORK_ERRORS, PLATFORM, Directory, Json, slack_error
 from adapters.slack_sender import SlackSender
 from adapters.slack_text import escape, split
-from bot.events import Event, Person
+from bot.events import IMPORT_MAX_BYTES, Answer, Event, Person
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,12 @@ log = logging.getLogger(__name__)
 COMMAND = "/membot"
 APOLOGY = "Sorry, something went wrong on my side; please try again."
 UNKNOWN = "Unknown command; try /membot help"
+SENT_TO_DM = "I sent the file to our direct messages: your memory is never shown in a channel."
+IMPORT_HOW = (
+    "Slash commands cannot carry files: send me the .json file that /membot export gave you in a "
+    "direct message, with the text import."
+)
+UPLOAD_FAILED = "I could not upload the file (Slack said {why}); the app may need the files:write scope."
 COMMAND_WORD = re.compile(r"(?<![\w/])/([a-z]+)\b")
 FINISH_SECONDS = 5.0  # after the drain, for events still being translated
 BOLT_LOGGER = "slack_bolt.membot"  # bolt's loggers take their level from it
@@ -120,8 +131,10 @@ class Listeners:
             log.info("slack message %s from %s in %s", found.message_id, found.person.user_id, c.channel_id)
             if self.runtime.settings.log_content:
                 log.info("slack message %s text: %s", found.message_id, found.text)
+            if c.private and found.attachments and found.text.strip().lower() == "import":
+                found = replace(found, text="/import")  # the word alone: a leading / is Slack's
             if c.private and self.runtime.is_command(found.text):
-                await self.dm_command(found)
+                await self.dm_command(found, event)
                 return
             await self.ensure_agent(found.person)
             await self.runtime.handle(found)
@@ -140,8 +153,9 @@ class Listeners:
             self._known.clear()
         self._known.add(person.user_id)
 
-    async def dm_command(self, event: Event) -> None:
-        """A command typed in a DM: answered as a plain DM, never by the agent."""
+    async def dm_command(self, event: Event, raw: Json) -> None:
+        """A command typed in a DM: answered as a plain DM, never by the agent; its files (every
+        one readable, for `/import`) go to the core with it."""
         key = f"{event.conversation.channel_id}:{event.message_id}"
         if key in self._commands:
             return
@@ -149,9 +163,23 @@ class Listeners:
             self._commands.clear()
         self._commands.add(key)
         await self.ensure_agent(event.person)
-        answer = await self.runtime.command(event.person, event.text) or UNKNOWN
-        for part in split(escape(answer)):
-            await self.sender.post(event.conversation.channel_id, part)
+        files = self.directory.attachments(raw, every=IMPORT_MAX_BYTES)
+        answer = await self.runtime.answer(event.person, event.text, files) or Answer(UNKNOWN)
+        failed = await self.hand_over(event.conversation.channel_id, answer)
+        if failed:
+            await self.sender.upload(event.conversation.channel_id, Answer(failed))
+
+    async def hand_over(self, channel: str, answer: Answer) -> str:
+        """The answer in the person's DM, its files uploaded there; '' if done, else what to tell
+        the person about the refused upload."""
+        try:
+            await self.sender.upload(channel, answer)
+        except SlackApiError as exc:
+            if not answer.files:
+                raise
+            log.error("could not upload %s to %s: %s", answer.files[0].name, channel, slack_error(exc))
+            return UPLOAD_FAILED.format(why=slack_error(exc))
+        return ""
 
     async def slash_command(self, command: Json, respond: AsyncRespond) -> None:
         """`/membot WORDS`: the chat command `/WORDS`, answered to that person alone."""
@@ -160,12 +188,15 @@ class Listeners:
             await self.ensure_agent(person)
             words = str(command.get("text") or "").strip() or "help"
             log.info("slack command %s %s from %s", COMMAND, words.split()[0], person.user_id)
-            answer = await self.runtime.command(person, "/" + words) or UNKNOWN
+            found = await self.slash_answer(person, words, str(command.get("channel_id") or ""))
+            answer = found.text
             if not words.lower().startswith("memory"):  # help and usage lines name the Slack command
                 answer = self.as_slash_commands(answer)
         except Exception:
             log.exception("the Slack command %s failed", COMMAND)
             answer = APOLOGY
+        if not answer:
+            return
         try:
             for part in split(escape(answer)):
                 if command.get("response_url"):
@@ -180,6 +211,18 @@ class Listeners:
             log.error("could not answer the Slack command %s: %s", COMMAND, slack_error(exc))
         except Exception:
             log.exception("could not answer the Slack command %s", COMMAND)
+
+    async def slash_answer(self, person: Person, words: str, channel: str) -> Answer:
+        """The command's answer; its files uploaded to the person's DM, and then what to say
+        ephemerally where the command was used ('' when that is the DM itself)."""
+        if words.split()[0].lower() == "import":
+            return Answer(IMPORT_HOW)
+        answer = await self.runtime.answer(person, "/" + words) or Answer(UNKNOWN)
+        if not answer.files:
+            return answer
+        dm = await self.sender.dm(person.user_id.rpartition(":")[2])
+        failed = await self.hand_over(dm, answer)
+        return Answer(failed or ("" if dm == channel else SENT_TO_DM))
 
     def as_slash_commands(self, text: str) -> str:
         """'/timezone ZONE' as '/membot timezone ZONE': the words a person types in Slack."""

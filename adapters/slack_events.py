@@ -179,19 +179,28 @@ class Directory:
         text = re.sub(r"[ \t]{2,}", " ", text).strip()
         return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
-    def attachments(self, event: Json) -> tuple[Attachment, ...]:
+    def attachments(self, event: Json, every: int = 0) -> tuple[Attachment, ...]:
+        """The event's files; readable ones (documents) with a download of at most the attachment
+        limit, or, with `every` (a command's files: `/import`), each one, up to `every` bytes."""
         files = []
         for file in event.get("files") or []:
             name = str(file.get("name") or file.get("title") or "file")
             media_type = str(file.get("mimetype") or "")
             url = str(file.get("url_private_download") or file.get("url_private") or "")
-            readable = bool(url) and (media_type in READABLE_TYPES or name.lower().endswith(READABLE_ENDINGS))
-            read: Callable[[], Awaitable[bytes]] | None = partial(self.download, url) if readable else None
+            readable = bool(url) and (
+                bool(every) or media_type in READABLE_TYPES or name.lower().endswith(READABLE_ENDINGS)
+            )
+            limit = every or self.max_bytes
+            read: Callable[[], Awaitable[bytes]] | None = (
+                partial(self.download, url, limit) if readable else None
+            )
             files.append(Attachment(name, int(file.get("size") or 0), media_type, read))
         return tuple(files)
 
-    async def download(self, url: str) -> bytes:
-        """A file's bytes (at most one more than the limit), with the bot token: only from Slack."""
+    async def download(self, url: str, limit: int | None = None) -> bytes:
+        """A file's bytes (at most one more than `limit`, by default the attachment limit), with
+        the bot token: only from Slack."""
+        max_bytes = self.max_bytes if limit is None else limit
         host = urlsplit(url).hostname or ""
         if not (
             host == "slack.com"
@@ -204,7 +213,7 @@ class Directory:
             data = bytearray()
             async for chunk in response.content.iter_chunked(65536):
                 data += chunk
-                if len(data) > self.max_bytes:
+                if len(data) > max_bytes:
                     break
             return bytes(data)
 

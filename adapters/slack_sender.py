@@ -7,7 +7,8 @@ are waited out by the web client's retry handler (Slack's Retry-After); a messag
 that fails half-way goes on from the first part not yet posted when the outbox retries it.
 Slack's refusals that retrying cannot cure (no such channel, not in it, archived, no such
 user, a bot, a deactivated account) are permanent; after the app stops, `SenderClosed`.
-Slack bots have no typing indicator in the Events API: the turn signals do nothing.
+Slack bots have no typing indicator in the Events API: the turn signals do nothing. `upload`
+hands a command's files to a person (files_upload_v2, needs the files:write scope).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_events import CACHE_SIZE, NETWORK_ERRORS, Directory, slack_error
-from adapters.slack_text import split, to_mrkdwn
-from bot.events import Conversation, DeliveryError, Outgoing, SenderClosed
+from adapters.slack_text import escape, split, to_mrkdwn
+from bot.events import Answer, Conversation, DeliveryError, Outgoing, SenderClosed
 
 SLACK_CHANNEL = re.compile(r"^[CDG][A-Z0-9]+$")
 PERMANENT = frozenset(
@@ -81,13 +82,32 @@ class SlackSender:
             return conversation.channel_id
         if not conversation.private:
             raise DeliveryError(f"{conversation.channel_id!r} is not a Slack channel", permanent=True)
-        user = (message.recipient or conversation.channel_id).rpartition(":")[2]
+        return await self.dm((message.recipient or conversation.channel_id).rpartition(":")[2])
+
+    async def dm(self, user: str) -> str:
+        """The id of the bot's DM with this Slack user id (conversations.open, remembered)."""
         if user not in self._dms:
             response = await self.client.conversations_open(users=user)
             if len(self._dms) >= CACHE_SIZE:
                 self._dms.clear()
             self._dms[user] = str((response.get("channel") or {})["id"])
         return self._dms[user]
+
+    async def upload(self, channel: str, answer: Answer) -> None:
+        """The answer in `channel`: each file with the text as its comment (the first file's), or
+        the text alone. Raises SlackApiError or a network error as the client does."""
+        if not answer.files:
+            for part in split(escape(answer.text)):
+                await self.post(channel, part)
+            return
+        for number, file in enumerate(answer.files):
+            await self.client.files_upload_v2(
+                channel=channel,
+                content=file.data,
+                filename=file.name,
+                title=file.name,
+                initial_comment=escape(answer.text) if number == 0 else None,
+            )
 
     async def turn_started(self, conversation: Conversation) -> None:
         return None

@@ -4,16 +4,20 @@ A private conversation with one person. Reads lines from stdin (a terminal or a 
 message the agent sends is printed to stdout the moment it is sent, one block per message
 (control characters and escape sequences removed); inner monologue and tool activity go to
 stderr with --verbose. `/memory` shows the core memory blocks and statistics, `/timezone ZONE`
-sets the person's time zone, `/exit` (or end of input) quits.
+sets the person's time zone, `/exit` (or end of input) quits. `/export` writes the export file
+into the current directory (readable by its owner only, mode 0600) and prints its path;
+`/import PATH` hands that file back to the core, as a platform hands it an attachment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from pathlib import Path
 from typing import TextIO
 
-from bot.events import Conversation, Event, Outgoing, Person, SenderClosed
+from bot.events import Attachment, Conversation, Event, File, Outgoing, Person, SenderClosed
 from bot.runtime import Runtime
 
 PLATFORM = "terminal"
@@ -52,12 +56,61 @@ class TerminalSender:
 
 async def command(runtime: Runtime, user: str, text: str, out: TextIO) -> bool:
     """Run a /command; False if `text` is not one."""
-    answer = await runtime.command(Person(PLATFORM, user, user), text)
+    if not runtime.is_command(text):
+        return False
+    name, _, argument = text.strip().partition(" ")
+    files: tuple[Attachment, ...] = ()
+    if name.lower() == "/import":
+        if not argument.strip():
+            out.write("Usage: /import PATH (a file that /export or `membot export` wrote).\n")
+            out.flush()
+            return True
+        try:
+            files = (await asyncio.to_thread(_attachment, argument.strip()),)
+        except OSError as exc:
+            out.write(f"Cannot read {argument.strip()}: {exc.strerror or exc}.\n")
+            out.flush()
+            return True
+    answer = await runtime.answer(Person(PLATFORM, user, user), text, files)
     if answer is None:
         return False
-    out.write(printable(answer) + "\n")
+    lines = [answer.text]
+    for file in answer.files:
+        try:
+            lines.append(f"Wrote {await asyncio.to_thread(save, file, Path.cwd())}")
+        except OSError as exc:
+            lines.append(f"Could not write {file.name} here: {exc.strerror or exc}.")
+    out.write("".join(printable(line) + "\n" for line in lines))
     out.flush()
     return True
+
+
+def _attachment(name: str) -> Attachment:
+    """A local file as the core takes an attachment (its bytes read only if the core wants them)."""
+    path = Path(name).expanduser()
+    size = path.stat().st_size
+    if not path.is_file():
+        raise IsADirectoryError(21, "not a file")
+
+    async def read() -> bytes:
+        return await asyncio.to_thread(path.read_bytes)
+
+    return Attachment(path.name, size, "application/json", read)
+
+
+def save(file: File, folder: Path) -> Path:
+    """Write `file` into `folder` for its owner alone (0600), never over an existing file."""
+    stem, dot, suffix = file.name.rpartition(".")
+    for number in range(100):
+        path = folder / (file.name if number == 0 else f"{stem}-{number}{dot}{suffix}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(file.data)
+        return path
+    raise FileExistsError(17, "too many files of that name")
 
 
 async def chat(runtime: Runtime, user: str, verbose: bool, stdin: TextIO, out: TextIO, err: TextIO) -> int:

@@ -2,9 +2,11 @@
 
 `/memory` (what the bot keeps: core memory blocks and counts), `/timezone ZONE`, `/quiet`
 (`/quiet off`), `/forget` (then `/forget confirm`; `/forget passage ID` and `/forget about QUERY`
-delete some archival passages only), `/help`. An adapter hands the words to `Runtime.command` (typed in a DM or the terminal, or from a slash
-command's options) and shows the answer to that person alone (ephemeral where the platform can).
-A new command is a function here and a line in `COMMANDS`.
+delete some archival passages only), `/export` (everything kept, as a JSON file), `/import` (that
+file, attached, back), `/link`, `/unlink`, `/help`. An adapter hands the words (typed in a DM or
+the terminal, or from a slash command's options) and any attached files to `Runtime.answer`, and
+shows the answer and its files to that person alone (a DM, ephemeral where the platform can);
+`Runtime.command` gives the text only. A new command is a function here and a line in `COMMANDS`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from bot import reminder_tools
 from bot.errors import InvalidInput
-from bot.events import Person
+from bot.events import Answer, Attachment, Person
 from bot.loading import summary_line
 from storage import heartbeats, passages, reminders
 from storage.clock import from_iso
@@ -34,7 +36,8 @@ HELP = (
     "Commands: /memory shows what I remember about you, /timezone ZONE sets your time zone "
     "(e.g. /timezone Europe/Sofia), /quiet stops my unprompted messages (/quiet off allows them "
     "again), /forget deletes everything I keep about you (after /forget confirm; /forget passage ID or "
-    "/forget about QUERY deletes only some archival passages), /link gives a code that /link CODE on "
+    "/forget about QUERY deletes only some archival passages), /export sends you all of it as one file "
+    "(/import with that file attached brings it back), /link gives a code that /link CODE on "
     "your other account uses to share one memory (/unlink splits that account off again), /help shows this."
 )
 
@@ -44,6 +47,7 @@ class Request:
     runtime: Runtime
     person: Person
     argument: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 async def memory(request: Request) -> str:
@@ -233,15 +237,31 @@ async def unlink(request: Request) -> str:
     return await linking.unlink(request.runtime, request.person, request.argument)
 
 
+async def export(request: Request) -> Answer:
+    """`/export`: everything kept about the person, as one JSON file (bot/controls.py)."""
+    from bot import controls
+
+    return await controls.export_answer(request.runtime, request.person)
+
+
+async def import_(request: Request) -> str:
+    """`/import` with the file `/export` gave attached: it becomes this account's memory."""
+    from bot import controls
+
+    return await controls.import_answer(request.runtime, request.person, request.attachments)
+
+
 async def help_(request: Request) -> str:
     return HELP
 
 
-COMMANDS: dict[str, Callable[[Request], Awaitable[str]]] = {
+COMMANDS: dict[str, Callable[[Request], Awaitable[str | Answer]]] = {
     "memory": memory,
     "timezone": timezone,
     "quiet": quiet,
     "forget": forget,
+    "export": export,
+    "import": import_,
     "link": link,
     "unlink": unlink,
     "help": help_,
@@ -259,4 +279,13 @@ def parse(text: str) -> tuple[str, str] | None:
 
 
 async def run(runtime: Runtime, person: Person, name: str, argument: str) -> str:
-    return await COMMANDS[name](Request(runtime, person, argument))
+    """The command's answer as text (any files it would hand over are left out)."""
+    return (await answer(runtime, person, name, argument)).text
+
+
+async def answer(
+    runtime: Runtime, person: Person, name: str, argument: str, attachments: tuple[Attachment, ...] = ()
+) -> Answer:
+    """The command's whole answer: its text and the files that go with it."""
+    found = await COMMANDS[name](Request(runtime, person, argument, attachments))
+    return found if isinstance(found, Answer) else Answer(found)

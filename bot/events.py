@@ -15,6 +15,9 @@ adapter raises when its platform refuses the credentials: one line naming the fi
   same id, also across restarts.
 - `Outgoing`: a message from an agent to a conversation, written to the outbox first and handed
   to the platform's sender when the agent sends it (not at the end of its turn).
+- `Answer`: what a chat command gives back (`Runtime.answer`): text for that person alone, and
+  the `File`s to hand them with it (`/export`'s JSON file). An adapter sends the files where only
+  that person sees them (a DM, an ephemeral reply, the terminal's current directory).
 - `Sender`: what an adapter registers: `send` delivers one message (raise `DeliveryError`, with
   `permanent=True` when retrying cannot help, e.g. the person closed their DMs; `SenderClosed` when
   the sender itself can send nothing more); `turn_started`
@@ -33,11 +36,14 @@ from typing import Protocol
 from bot.errors import ConfigError, InvalidInput
 
 __all__ = [
+    "IMPORT_MAX_BYTES",
+    "Answer",
     "Attachment",
     "ConfigError",
     "Conversation",
     "DeliveryError",
     "Event",
+    "File",
     "InvalidInput",
     "Kind",
     "Outgoing",
@@ -100,6 +106,26 @@ class Attachment:
     size: int
     media_type: str
     read: Callable[[], Awaitable[bytes]] | None = field(default=None, compare=False, repr=False)
+
+
+IMPORT_MAX_BYTES = 25_000_000  # the largest file `/import` takes from a chat; downloads stop past it
+
+
+@dataclass(frozen=True)
+class File:
+    """A file the core hands a person (the adapter uploads it or writes it to disk)."""
+
+    name: str  # a safe file name: letters, digits, '-', '_', '.'
+    data: bytes = field(repr=False)
+    media_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A chat command's answer: its text, and the files that go with it (often none)."""
+
+    text: str
+    files: tuple[File, ...] = ()
 
 
 @dataclass(frozen=True)

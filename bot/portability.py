@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from bot.embedding import Embedder, to_blob
@@ -135,10 +136,15 @@ def _check_shape(memory: dict[str, Any]) -> None:
 
 
 async def restore(
-    db: Database, embedder: Embedder, memory: dict[str, Any], identity: tuple[str, str] | None = None
+    db: Database,
+    embedder: Embedder,
+    memory: dict[str, Any],
+    identity: tuple[str, str] | None = None,
+    before: Callable[[Connection], object] | None = None,
 ) -> int:
     """Import checked `memory` as a new agent (under `identity` = (platform, user id) instead of
-    the file's accounts, if given), searchable at once; its id."""
+    the file's accounts, if given), searchable at once; its id. `before(conn)` runs first in the
+    same transaction (an exception from it writes nothing)."""
     if identity is not None:
         platform, user_id = identity
         name = memory["agent"].get("display_name", "")
@@ -162,6 +168,8 @@ async def restore(
     blobs = [to_blob(v) for v in found]
 
     def write(conn: Connection) -> int:
+        if before is not None:
+            before(conn)
         agent_id, message_ids, passage_ids = portability.restore(conn, memory)
         private = [bool(m["private"]) for m in memory["messages"] if m["search_text"]]
         private += [bool(p["private"]) for p in memory["passages"]]

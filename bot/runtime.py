@@ -20,7 +20,7 @@ from bot.attachments import load_files
 from bot.delivery import Delivery
 from bot.embedding import Embedder, make_embedder
 from bot.errors import InvalidInput, MembotError, ModelError
-from bot.events import Event, Kind, Person, Sender, event_from_json
+from bot.events import Answer, Attachment, Event, Kind, Person, Sender, event_from_json
 from bot.llm import LLM
 from bot.locks import AgentLocks
 from bot.memory import AgentMemory, Scope
@@ -133,6 +133,16 @@ class Runtime:
         if parsed is None:
             return None
         return await chat_commands.run(self, person, *parsed)
+
+    async def answer(
+        self, person: Person, text: str, attachments: tuple[Attachment, ...] = ()
+    ) -> Answer | None:
+        """Like `command`, with the files that go with the answer (`/export`'s) and the files that
+        came with the command (`/import`'s); None if `text` is no command."""
+        parsed = chat_commands.parse(text)
+        if parsed is None:
+            return None
+        return await chat_commands.answer(self, person, *parsed, attachments)
 
     async def handle(self, event: Event) -> Turn:
         """Answer an event from a person (found by their account). Never raises."""

@@ -7,7 +7,10 @@ channel and a thread; HEARTBEAT (op 1) gets its ACK (op 11); RESUME (op 6) repla
 session missed, then RESUMED. A test pushes dispatches (MESSAGE_CREATE, INTERACTION_CREATE) in
 Discord's payload format, with sequence numbers. What the bot sends back is recorded: messages
 (their JSON: content, message_reference, allowed_mentions), DMs opened, typing, command syncs,
-interaction callbacks. Like Discord, it echoes the bot's own messages back through the gateway.
+interaction callbacks and follow-ups, and the files uploaded with any of them (`uploads`: a
+request with files is multipart/form-data, its JSON in the `payload_json` part and each file in a
+`files[N]` part, as discord.py sends it). Like Discord, it echoes the bot's own messages back
+through the gateway.
 
 Payload shapes follow discord.py's `discord/types/*.py` (the API's documented objects).
 """
@@ -214,6 +217,34 @@ def _error(status: int, code: int, text: str) -> web.Response:
     return _json({"message": text, "code": code}, status)
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file the bot uploaded: where to (a channel id, 'callback' or 'followup'), name, bytes."""
+
+    where: str
+    filename: str
+    data: bytes
+    ephemeral: bool = False
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+async def _body(request: web.Request, where: str) -> tuple[dict[str, Any], list[Upload]]:
+    """A request's JSON, and its files if it is multipart (payload_json + files[N])."""
+    if not request.content_type.startswith("multipart/"):
+        return await request.json(), []
+    form = await request.post()
+    body = json.loads(str(form["payload_json"]))
+    flags = (body.get("data") or body).get("flags", 0)
+    files = [
+        Upload(where, part.filename, part.file.read(), bool(flags & 64))
+        for name, part in form.items()
+        if name.startswith("files[") and isinstance(part, web.FileField)
+    ]
+    return body, files
+
+
 @dataclass
 class _Session:
     id: str
@@ -236,6 +267,7 @@ class DiscordStandIn:
         self.syncs: list[tuple[str, list[dict[str, Any]]]] = []  # (path, commands)
         self.callbacks: list[dict[str, Any]] = []  # interaction callbacks (type, data)
         self.followups: list[dict[str, Any]] = []
+        self.uploads: list[Upload] = []  # files that came with messages, callbacks, follow-ups
         self.identifies: list[dict[str, Any]] = []
         self.resumes: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []
@@ -271,7 +303,7 @@ class DiscordStandIn:
         self._loop.run_forever()
 
     async def _start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gw", self._gateway)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_route("*", "/api/v10/{path:.*}", self._api)
@@ -510,18 +542,19 @@ class DiscordStandIn:
         )
 
     async def _create_message(self, request: web.Request, channel_id: str) -> web.Response:
-        body = await request.json()
+        body, files = await _body(request, channel_id)
         known = {CHANNEL_ID, THREAD_ID, *self._dm_channels}
         if channel_id not in known:
             return _error(404, 10003, "Unknown Channel")
         if self._dm_channels.get(channel_id) in self.closed_dms:
             return _error(403, 50007, "Cannot send messages to this user")
         content = body.get("content") or ""
-        if not content.strip():
+        if not content.strip() and not files:
             return _error(400, 50006, "Cannot send an empty message")
         if len(content) > 2000:
             return _error(400, 50035, "Invalid Form Body: content must be 2000 or fewer in length.")
-        self.posts.append({"channel_id": channel_id, "json": body})
+        self.posts.append({"channel_id": channel_id, "json": body, "files": [f.filename for f in files]})
+        self.uploads += files
         guild = channel_id not in self._dm_channels
         created = message(channel_id, BOT, content, guild=guild)
         if guild:
@@ -531,10 +564,13 @@ class DiscordStandIn:
         return _json(created)
 
     async def _interaction(self, request: web.Request, parts: list[str]) -> web.Response:
-        body = await request.json()
+        body, files = await _body(request, "followup" if parts[0] == "webhooks" else "callback")
+        self.uploads += files
         if parts[0] == "webhooks":  # a follow-up message
-            self.followups.append(body)
-            return _json(message(CHANNEL_ID, BOT, body.get("content", ""), guild=False))
+            self.followups.append({**body, "files": [f.filename for f in files]})
+            answer = message(CHANNEL_ID, BOT, body.get("content", ""), guild=False)
+            answer["flags"] = body.get("flags", 0)
+            return _json(answer)
         interaction_id = parts[1]
         self.callbacks.append(body)
         data = body.get("data") or {}
@@ -555,15 +591,24 @@ class DiscordStandIn:
 
 
 def slash_command(
-    name: str, speaker: dict[str, Any], options: dict[str, str] | None = None, *, guild: bool = True
+    name: str,
+    speaker: dict[str, Any],
+    options: dict[str, str] | None = None,
+    *,
+    guild: bool = True,
+    files: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """An INTERACTION_CREATE payload: `speaker` ran /name (in #general, or in their DM)."""
+    """An INTERACTION_CREATE payload: `speaker` ran /name (in #general, or in their DM), with
+    string `options` and attachment options (`files`: name -> an attachment from `attach`)."""
     data: dict[str, Any] = {
         "id": snowflake(),
         "name": name,
         "type": 1,
         "options": [{"type": 3, "name": k, "value": v} for k, v in (options or {}).items()],
     }
+    for option, attachment in (files or {}).items():
+        data["options"].append({"type": 11, "name": option, "value": attachment["id"]})
+        data.setdefault("resolved", {}).setdefault("attachments", {})[attachment["id"]] = attachment
     interaction: dict[str, Any] = {
         "id": snowflake(),
         "application_id": BOT["id"],

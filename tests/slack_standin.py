@@ -5,6 +5,9 @@ subprocess talks to it over real HTTP (`AsyncWebClient(base_url=standin.url)`). 
 call is recorded (`calls`, `posted`). It can be told to answer a method with HTTP 429 and
 `Retry-After: 1`, or with a Slack error, a given number of times. `apps.connections.open`
 points Socket Mode at its websocket, where the test pushes envelopes and the acks are recorded.
+File uploads go the way `files_upload_v2` makes them: `files.getUploadURLExternal` hands out an
+upload URL on this stand-in, the bytes are POSTed there, `files.completeUploadExternal` shares
+them in a channel; `uploads` holds each completed file (name, bytes, channel, comment).
 `signed` makes the headers of an Events API request signed with a signing secret (v0).
 """
 
@@ -39,6 +42,20 @@ class Call:
 
 
 @dataclass
+class Upload:
+    """A file shared by files.completeUploadExternal."""
+
+    file_id: str
+    filename: str
+    data: bytes
+    channel: str
+    initial_comment: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass
 class StandIn:
     users: dict[str, dict[str, str]] = field(
         default_factory=lambda: {
@@ -54,9 +71,12 @@ class StandIn:
     acks: list[dict[str, Any]] = field(default_factory=list)  # Socket Mode acks
     downloads: list[tuple[str, str]] = field(default_factory=list)  # (path, Authorization)
     failures: dict[str, list[str]] = field(default_factory=dict)  # method -> "429" or Slack error codes
+    uploads: list[Upload] = field(default_factory=list)  # files shared in a channel, in order
 
     def __post_init__(self) -> None:
         self._ts = itertools.count(1)
+        self._file_ids = itertools.count(1)
+        self._pending: dict[str, tuple[str, int, bytes | None]] = {}  # file id -> (name, length, bytes)
         self._sockets: list[web.WebSocketResponse] = []
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -117,8 +137,9 @@ class StandIn:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_post("/response/{id}", self._response)
         app.router.add_get("/link", self._socket)
@@ -192,10 +213,40 @@ class StandIn:
             if name is None:
                 return {"ok": False, "error": "channel_not_found"}
             return {"ok": True, "channel": {"id": args["channel"], "name": name}}
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{next(self._file_ids)}"
+            self._pending[file_id] = (str(args.get("filename")), int(args.get("length") or 0), None)
+            return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}
+        if method == "files.completeUploadExternal":
+            return self._complete(args)
         if method == "conversations.replies":
             parent = self.threads.get((str(args.get("channel")), str(args.get("ts"))))
             return {"ok": True, "messages": [parent] if parent else []}
         return {"ok": False, "error": "unknown_method"}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """An upload URL's POST: the file's bytes, as many as files.getUploadURLExternal was told."""
+        file_id = request.match_info["file_id"]
+        data = await request.read()
+        if file_id not in self._pending or len(data) != self._pending[file_id][1]:
+            return web.Response(status=400, text="unknown upload or wrong length")
+        name, length, _ = self._pending[file_id]
+        self._pending[file_id] = (name, length, data)
+        return web.Response(text=f"OK - {length}")
+
+    def _complete(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = json.loads(str(args.get("files") or "[]"))
+        channel = str(args.get("channel_id") or "")
+        if not channel.startswith(("C", "D", "G")):
+            return {"ok": False, "error": "invalid_channel"}
+        done = []
+        for item in files:
+            name, _, data = self._pending.get(str(item.get("id")), ("", 0, None))
+            if data is None:
+                return {"ok": False, "error": "file_not_found"}
+            done.append(Upload(item["id"], name, data, channel, str(args.get("initial_comment") or "")))
+        self.uploads += done
+        return {"ok": True, "files": [{"id": u.file_id, "title": u.filename} for u in done]}
 
     async def _file(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
