@@ -42,7 +42,7 @@ def add_parsers(commands: Any) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Check what can be checked without the database, then run the command."""
-    if args.command in READERS and not Path(settings.db).exists():
+    if args.command in READERS and not settings.uses_postgres and not Path(settings.db).exists():
         print(
             f"membot {args.command}: there is no database at {settings.db} (MEMBOT_DB) yet.", file=sys.stderr
         )

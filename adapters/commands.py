@@ -1,4 +1,4 @@
-"""The `membot` commands: chat, discord, slack, run, eval, reembed.
+"""The `membot` commands: chat, discord, slack, run, eval, reembed, migrate-db.
 
 `discord`, `slack` and `run` are long-running services: one runtime, the scheduler, and each
 platform's `serve(runtime, stopping)`; SIGINT or SIGTERM sets `stopping`, every platform stops
@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_parser(commands)
     load.add_parser(commands)
     commands.add_parser("reembed", help="re-embed all memory with MEMBOT_EMBEDDER")
+    copy = commands.add_parser(
+        "migrate-db", help="copy every row of one database into another (stop the bot first)"
+    )
+    copy.add_argument("source", help="the database to copy: a SQLite file or a postgresql:// URL")
+    copy.add_argument("target", help="where to copy it: a SQLite file or a postgresql:// URL")
     admin.add_parsers(commands)
     return parser
 
@@ -155,13 +160,19 @@ def run(argv: list[str] | None = None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     try:
         settings = load_settings(dotenv_path=args.env_file)
-        logs.setup(settings, quiet=command in ("chat", "eval", "load", *admin.COMMANDS) and not verbose)
+        logs.setup(
+            settings, quiet=command in ("chat", "eval", "load", "migrate-db", *admin.COMMANDS) and not verbose
+        )
         _prepare(settings, command)
         if command == "chat":
             user = getattr(args, "user", None) or getpass.getuser()
             return asyncio.run(_chat(settings, user, verbose))
         if command == "reembed":
             return asyncio.run(_reembed(settings))
+        if command == "migrate-db":
+            from bot import migrate_db
+
+            return migrate_db.run(args.source, args.target, settings.db_lock_wait, sys.stdout, sys.stderr)
         if command in admin.COMMANDS:
             return admin.run(settings, args)
         if command == "load":

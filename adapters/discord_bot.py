@@ -15,6 +15,12 @@ DISCORD_API_URL moves the REST base; when it is not Discord's, the gateway URL i
 `GET /gateway` (a plain client never asks: it dials Discord's fixed gateway), so the bot runs
 against a local stand-in of Discord. discord.py itself reconnects and RESUMEs; the core drops a
 redelivered message by its id.
+
+MEMBOT_DISCORD_SHARDS=FIRST-LAST/COUNT runs only those gateway shards, so processes on one
+database split one bot: Discord sends a server's events to shard (server id >> 22) % COUNT and
+every DM to shard 0. At start each process answers only what its own shards received
+(`receives`); any process delivers to any channel (the sender speaks REST, whatever its shards),
+the outbox's claims sending each message once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from typing import Protocol
 
 import aiohttp
 import discord
@@ -60,15 +67,40 @@ def intents(message_content: bool = True) -> discord.Intents:
     return chosen
 
 
-def make_client(shards: str, chosen: discord.Intents) -> discord.Client:
-    """A plain client, or an AutoShardedClient when MEMBOT_DISCORD_SHARDS is auto or a count."""
+class ShardPlan(Protocol):
+    """MEMBOT_DISCORD_SHARDS as the settings parse it (`Settings.discord_shard_plan`)."""
+
+    @property
+    def count(self) -> int | None: ...  # shards in all; None: as many as Discord recommends
+
+    @property
+    def ids(self) -> tuple[int, ...] | None: ...  # the ones this process runs; None: every one
+
+
+def make_client(plan: ShardPlan | None, chosen: discord.Intents) -> discord.Client:
+    """A plain client (no plan), or an AutoShardedClient for MEMBOT_DISCORD_SHARDS=auto or a count
+    (every shard here) or FIRST-LAST/COUNT (only those shards here, the rest in other processes)."""
     discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # a text bot: no voice
-    shards = shards.strip().lower()
-    if not shards:
+    if plan is None:
         return discord.Client(intents=chosen)
-    if shards == "auto":
-        return discord.AutoShardedClient(intents=chosen)
-    return discord.AutoShardedClient(intents=chosen, shard_count=int(shards))
+    if plan.ids is not None:
+        log.info("discord: shards %d-%d of %d in this process", plan.ids[0], plan.ids[-1], plan.count)
+        return discord.AutoShardedClient(intents=chosen, shard_ids=list(plan.ids), shard_count=plan.count)
+    return discord.AutoShardedClient(intents=chosen, shard_count=plan.count)
+
+
+def receives(client: discord.Client, conversation: Conversation) -> bool:
+    """Whether this process's shards receive the conversation's messages: every Discord one,
+    unless it runs only some shards; then DMs only with shard 0 (Discord sends them there) and
+    server channels only of the servers its shards hold."""
+    if conversation.platform != PLATFORM:
+        return False
+    ids = getattr(client, "shard_ids", None)
+    if not ids:
+        return True
+    if conversation.private:
+        return 0 in ids
+    return conversation.channel_id.isdigit() and client.get_channel(int(conversation.channel_id)) is not None
 
 
 class DiscordBot:
@@ -90,7 +122,7 @@ class DiscordBot:
         log.info("discord: connected as %s (id %s)", user, user.id if user else "?")
         if not self.recovered:
             self.recovered = True
-            await self.runtime.recover(lambda event: event.conversation.platform == PLATFORM)
+            await self.runtime.recover(lambda event: receives(self.client, event.conversation))
 
     async def on_message(self, message: discord.Message) -> None:
         """Answer one message if it is for the bot; a failure is logged and apologised for."""
@@ -326,7 +358,7 @@ async def serve(runtime: Runtime, stopping: asyncio.Event) -> None:
     first = True
     try:
         while True:
-            client = make_client(settings.discord_shards, intents(content))
+            client = make_client(settings.discord_shard_plan, intents(content))
             try:
                 bot = DiscordBot(runtime, client, sender)
                 await _login(client, settings.discord_token, api)

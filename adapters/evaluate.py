@@ -28,6 +28,11 @@ def add_parser(commands: Any) -> None:
         "--qa", action="store_true", help="also ask the full agent each question (uses the LLM)"
     )
     parser.add_argument("--limit", type=int, help="only the first N questions of each conversation")
+    parser.add_argument(
+        "--db",
+        help="an empty database to load the conversations into: a postgresql:// URL measures that backend "
+        "(default: a temporary SQLite file)",
+    )
 
 
 def _ks(text: str) -> list[int]:
@@ -61,7 +66,7 @@ async def run(settings: Settings, args: argparse.Namespace, out: TextIO | None =
     total = sum(len(c.questions) for c in conversations)
     embedder = await make_embedder(settings)
     with tqdm(total=total, desc="recall", unit="q", file=sys.stderr, disable=None) as bar:
-        report: dict[str, Any] = await recall.evaluate(conversations, embedder, ks, bar.update)
+        report: dict[str, Any] = await recall.evaluate(conversations, embedder, ks, bar.update, args.db)
     print_table("Evidence recall@k (turns)", report["recall_at_k"], report["questions"], out)
     print_table("Session recall@k", report["session_recall_at_k"], report["questions"], out)
     for split, table in report["recall_by_date"].items():

@@ -13,7 +13,8 @@ from bot.embedding import Embedder, make_embedder, to_blob
 from bot.settings import Settings
 from bot.tokens import truncate
 from storage import agents, messages, migrations, passages, vectors
-from storage.db import Connection, Database
+from storage.db import Connection, Database, open_at
+from storage.postgres import redacted
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,13 @@ async def _rebuild(db: Database, embedder: Embedder, agent_id: int, read: Reader
 
 async def reembed(settings: Settings, report: Callable[[str], None] = print) -> tuple[int, int]:
     embedder = await make_embedder(settings)
-    db = Database(settings.db, lock_wait=settings.db_lock_wait)
+    db = open_at(settings.db, settings.db_lock_wait)
     try:
         await db.run(migrations.migrate)
         before = await db.run(vectors.recorded)
-        report(f"re-embedding {settings.db}: {before[0] if before else 'nothing'} -> {embedder.name}")
+        report(
+            f"re-embedding {redacted(settings.db)}: {before[0] if before else 'nothing'} -> {embedder.name}"
+        )
         await db.run(vectors.mark_rebuilding, embedder.name, embedder.dim)
         total_messages = total_passages = 0
         for agent_id in await db.run(agents.ids):

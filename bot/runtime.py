@@ -34,7 +34,7 @@ from bot.tools import Address, ToolContext
 from storage import agents, inbox, messages, migrations, vectors
 from storage.agents import Agent as AgentRecord
 from storage.clock import from_iso
-from storage.db import LOCK_WAIT, Connection, Database, check_writable
+from storage.db import LOCK_WAIT, Connection, Database, changes_schema, check_writable, open_at
 from storage.errors import AgentNotFoundError, StorageError
 from storage.messages import Message
 
@@ -55,7 +55,7 @@ class Runtime:
         self.tools = registry()
         self.budget = Budget(settings.context_window)
         self.delivery = Delivery(db, settings.log_content)
-        self.locks = AgentLocks()
+        self.locks = AgentLocks(db.agent_locks())
         self._current: dict[int, ToolContext] = {}  # inbox item -> its turn's context, while it runs
         self._running: set[asyncio.Task[object]] = set()  # tasks inside handle/wake, for drain()
         # account -> what its last /forget preview will delete on /forget confirm, and until when
@@ -246,8 +246,10 @@ class Runtime:
         await self.delivery.send_now(event.conversation, event.person.user_id, text)
         return Turn(replies=[text], failed=True)
 
-    async def _answer(self, received: Received, event: Event) -> Turn:
+    async def _answer(self, received: Received, event: Event, recovered: bool = False) -> Turn:
         async with self.locks.hold(received.agent_id):
+            if recovered and not await self.db.read(inbox.waits, received.agent_id, received.item_id):
+                return _duplicate(event)  # another process (sharing the database) answered it meanwhile
             return await self._run(received, event, None)
 
     async def _run(
@@ -391,7 +393,7 @@ class Runtime:
                 continue
             conversation_id = await self.db.run(self.reception.conversation, event.conversation)
             received = Received(item.agent_id, item.id, conversation_id, item.received_at, item.message_id)
-            answering.append(self._answer(received, event))
+            answering.append(self._answer(received, event, recovered=True))
         if answering:
             log.info("answering %d messages left unanswered by the last run", len(answering))
         await asyncio.gather(*answering)
@@ -427,15 +429,16 @@ async def open_database(path: str, model: str, dim: int, lock_wait: float = LOCK
     bot uses: the migrations' hundreds of one-off statements never crowd its statement cache
     (measured: with them in it, every message insert was prepared anew, 2.3x the instructions)."""
 
+    @changes_schema
     def prepare(conn: Connection) -> None:
         ran = migrations.migrate(conn)
         if ran:
             log.info("database %s: applied %s", path, ", ".join(ran))
         vectors.ensure(conn, model, dim)
 
-    setup = Database(path, lock_wait=lock_wait, vector_cache_bytes=0)
+    setup = open_at(path, lock_wait, vector_cache_bytes=0)
     try:
         await setup.run(prepare)
     finally:
         setup.close()
-    return Database(path, lock_wait=lock_wait)
+    return open_at(path, lock_wait)

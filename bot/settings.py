@@ -38,7 +38,11 @@ class Settings:
         default=OPENAI_URL, metadata=_env("OPENAI_BASE_URL", "OpenAI-compatible endpoint (Ollama, vLLM, ...)")
     )
     model: str = field(default="gpt-4o-mini", metadata=_env("MEMBOT_MODEL", "chat model name"))
-    db: str = field(default_factory=_default_db, metadata=_env("MEMBOT_DB", "path of the SQLite file"))
+    db: str = field(
+        default_factory=_default_db,
+        repr=False,
+        metadata=_env("MEMBOT_DB", "path of the SQLite file, or a postgresql:// URL"),
+    )
     context_window: int = field(
         default=16000, metadata=_env("MEMBOT_CONTEXT_WINDOW", "tokens the model may see per call")
     )
@@ -148,7 +152,10 @@ class Settings:
     )
     discord_shards: str = field(
         default="",
-        metadata=_env("MEMBOT_DISCORD_SHARDS", "empty: one connection; auto or a number: AutoShardedClient"),
+        metadata=_env(
+            "MEMBOT_DISCORD_SHARDS",
+            "empty: one connection; auto or a count: all shards here; FIRST-LAST/COUNT: only those",
+        ),
     )
     attachment_max_bytes: int = field(
         default=20_000,
@@ -204,6 +211,16 @@ class Settings:
         return frozenset(part.strip() for part in self.discord_channels.split(",") if part.strip())
 
     @property
+    def discord_shard_plan(self) -> DiscordShards | None:
+        """MEMBOT_DISCORD_SHARDS parsed; None: one plain gateway connection."""
+        return parse_discord_shards(self.discord_shards)
+
+    @property
+    def uses_postgres(self) -> bool:
+        """MEMBOT_DB is a PostgreSQL URL (it may hold a password: never log it as it is)."""
+        return self.db.startswith(("postgresql://", "postgres://"))
+
+    @property
     def uses_openai_cloud(self) -> bool:
         return self.openai_base_url.rstrip("/") == OPENAI_URL
 
@@ -241,6 +258,56 @@ def parse_quiet_hours(text: str) -> tuple[int, int] | None:
             "or 9-17, or none for no quiet hours."
         )
     return hours[0] % 24, hours[1] % 24
+
+
+@dataclass(frozen=True)
+class DiscordShards:
+    """The gateway shards this process runs (MEMBOT_DISCORD_SHARDS)."""
+
+    count: int | None = None  # shards in all; None: as many as Discord recommends
+    ids: tuple[int, ...] | None = None  # the ones this process runs; None: every one
+
+
+_SHARDS_FIX = (
+    "leave it empty (one connection), or set auto, a shard count such as 4, or this process's "
+    "shards of the count as FIRST-LAST/COUNT such as 0-3/8 (or one shard: 3/8)"
+)
+
+
+def parse_discord_shards(text: str) -> DiscordShards | None:
+    """'' -> None (one plain connection); 'auto' or '8': every shard in this process; '0-3/8'
+    (or '4/8'): shards 0 to 3 (or 4) of 8 here, the others in other processes."""
+    raw = "".join(text.split()).lower()
+    if not raw:
+        return None
+    if raw == "auto":
+        return DiscordShards()
+    shards, slash, count = raw.partition("/")
+    first, dash, last = shards.partition("-")
+    numbers = [first, last] if dash else [first]
+    if not all(n.isdecimal() for n in numbers + ([count] if slash else [])):
+        raise ConfigError(f"MEMBOT_DISCORD_SHARDS={raw}: not a shard count or range; {_SHARDS_FIX}.")
+    if dash and not slash:
+        example = f"{raw}/{max(int(last) + 1, 8)}"
+        raise ConfigError(f"MEMBOT_DISCORD_SHARDS={raw}: a range needs the count after it, as in {example}.")
+    if not slash:
+        if int(first) < 1:
+            raise ConfigError(f"MEMBOT_DISCORD_SHARDS={raw}: there must be at least 1 shard; {_SHARDS_FIX}.")
+        return DiscordShards(int(first))
+    low, high, total = int(first), int(numbers[-1]), int(count)
+    if total < 1:
+        raise ConfigError(f"MEMBOT_DISCORD_SHARDS={raw}: the count after / must be at least 1, as in 0-3/8.")
+    if low > high:
+        raise ConfigError(
+            f"MEMBOT_DISCORD_SHARDS={raw}: the first shard comes after the last; write FIRST-LAST/COUNT "
+            f"with FIRST <= LAST, such as {high}-{low}/{total}."
+        )
+    if high >= total:
+        raise ConfigError(
+            f"MEMBOT_DISCORD_SHARDS={raw}: there is no shard {high} of {total} (they are 0 to {total - 1}); "
+            "write FIRST-LAST/COUNT with LAST below COUNT, or raise the count."
+        )
+    return DiscordShards(total, tuple(range(low, high + 1)))
 
 
 def env_names() -> list[str]:
@@ -315,11 +382,7 @@ def _validate(s: Settings) -> None:
         )
     if s.attachment_max_bytes < 0:
         raise ConfigError("MEMBOT_ATTACHMENT_MAX_BYTES must be 0 (read no files) or more.")
-    shards = s.discord_shards.strip().lower()
-    if shards and shards != "auto" and not (shards.isdigit() and int(shards) > 0):
-        raise ConfigError(
-            f"MEMBOT_DISCORD_SHARDS={s.discord_shards!r}: leave it empty, or set auto or a shard count."
-        )
+    parse_discord_shards(s.discord_shards)
     parse_quiet_hours(s.quiet_hours)
     s.starting_blocks()
     try:

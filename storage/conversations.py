@@ -46,8 +46,8 @@ def ensure(
     row = conn.execute(
         "INSERT INTO conversations (platform, channel_id, thread_id, private, name, place, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform, channel_id, thread_id) DO UPDATE SET "
-        "name = CASE WHEN excluded.name != '' THEN excluded.name ELSE name END, "
-        "place = CASE WHEN excluded.place != '' THEN excluded.place ELSE place END RETURNING id",
+        "name = CASE WHEN excluded.name != '' THEN excluded.name ELSE conversations.name END, "
+        "place = CASE WHEN excluded.place != '' THEN excluded.place ELSE conversations.place END RETURNING id",
         (platform, channel_id, thread_id, int(private), name, place, now_iso()),
     ).fetchone()
     return int(row[0])

@@ -129,13 +129,33 @@ def connect(
     return conn
 
 
+def changes_schema(fn: Callable[P, T]) -> Callable[P, T]:
+    """Mark a storage function that migrates or makes tables. On PostgreSQL it runs in a READ
+    COMMITTED transaction that first takes the migrations' advisory lock, so that a second process
+    starting at the same moment waits, then sees what the first one made (a snapshot taken before
+    the wait would not). SQLite's write transactions are exclusive already."""
+    fn.changes_schema = True  # type: ignore[attr-defined]
+    return fn
+
+
+def open_at(
+    target: str | Path, lock_wait: float = LOCK_WAIT, vector_cache_bytes: int = MAX_BYTES
+) -> Database:
+    """The database MEMBOT_DB names: a PostgreSQL URL (postgresql://...) or a SQLite file."""
+    if str(target).startswith(("postgresql://", "postgres://")):
+        from storage.postgres import PgDatabase
+
+        return PgDatabase(str(target), lock_wait=lock_wait)
+    return Database(target, vector_cache_bytes=vector_cache_bytes, lock_wait=lock_wait)
+
+
 def check_writable(path: str | Path, lock_wait: float = LOCK_WAIT) -> None:
     """Fail now, in one line naming the fix, if the database cannot be created or written.
 
     A real write transaction, committed (a table made and dropped), so a read-only file or
     filesystem, a full disk or a folder that cannot be made shows at start, not at a message.
     """
-    db = Database(path, vector_cache_bytes=0, lock_wait=lock_wait)
+    db = open_at(path, lock_wait, vector_cache_bytes=0)
     try:
         db.call(_write_probe)
     finally:
@@ -143,7 +163,7 @@ def check_writable(path: str | Path, lock_wait: float = LOCK_WAIT) -> None:
 
 
 def _write_probe(conn: Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS _membot_write_check (x)")
+    conn.execute("CREATE TABLE IF NOT EXISTS _membot_write_check (x INTEGER)")
     conn.execute("DROP TABLE _membot_write_check")
 
 
@@ -181,6 +201,11 @@ class Database:
             self._conn = connect(self.path, self.busy_timeout_ms, self.vector_cache)
             self._conn_busy_ms = self.busy_timeout_ms
         return self._conn
+
+    def agent_locks(self) -> Any:
+        """Locks per agent that hold across processes, or None: one SQLite file is served by one
+        bot process at a time per agent (its turns' locks are that process's own)."""
+        return None
 
     def call(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn(conn, ...)` in one write transaction on the calling thread (for start-up and tools)."""

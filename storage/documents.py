@@ -168,8 +168,9 @@ def passages_removed(conn: Connection, agent_id: int, removed: dict[int, int]) -
     their passage counts, and delete a document left with none."""
     for document_id, count in removed.items():
         conn.execute(
-            "UPDATE documents SET passage_count = max(passage_count - ?, 0) WHERE agent_id = ? AND id = ?",
-            (count, agent_id, document_id),
+            "UPDATE documents SET passage_count = CASE WHEN passage_count > ? THEN passage_count - ? ELSE 0 END "
+            "WHERE agent_id = ? AND id = ?",
+            (count, count, agent_id, document_id),
         )
         conn.execute(
             "DELETE FROM documents WHERE agent_id = ? AND id = ? AND passage_count = 0 AND NOT EXISTS "

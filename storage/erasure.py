@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from storage import documents, lifecycle, link_codes
 from storage.db import Connection
+from storage.postgres import dialect
 
 FULLTEXT = ("messages_fts", "passages_fts")
 
@@ -27,8 +28,9 @@ def forget(conn: Connection, agent_id: int) -> lifecycle.Deleted:
     """Delete everything of this agent and merge the full-text indexes, in the caller's transaction."""
     link_codes.forget_failures(conn, agent_id)
     deleted = lifecycle.delete_agent(conn, agent_id)
-    for table in FULLTEXT:
-        conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
+    if dialect(conn) == "sqlite":  # PostgreSQL: the VACUUM after the transaction (PgDatabase.checkpoint)
+        for table in FULLTEXT:
+            conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
     return deleted
 
 
@@ -41,5 +43,6 @@ def forget_passages(conn: Connection, agent_id: int, ids: list[int]) -> int:
     gone = lifecycle.delete_passages(conn, agent_id, ids)
     if gone:
         documents.passages_removed(conn, agent_id, cut)
-        conn.execute("INSERT INTO passages_fts (passages_fts) VALUES ('optimize')")
+        if dialect(conn) == "sqlite":
+            conn.execute("INSERT INTO passages_fts (passages_fts) VALUES ('optimize')")
     return gone

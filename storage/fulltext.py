@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from storage.postgres import dialect
+
 WORD = re.compile(r"[\w']+", re.UNICODE)
 
 STOPWORDS = frozenset(
@@ -59,6 +61,8 @@ def bm25_matches(
     token "p<id>": with `public_only` the MATCH names that one, and the join checks `private = 0`.
     `ids` (first, last) keeps only rows in that id range, which FTS5 applies while it reads postings.
     """
+    if dialect(conn) == "postgres":
+        return _ts_matches(conn, table, agent_id, query, limit, weights, public_only, ids)
     expression = match_query(query)
     if expression is None:
         return []
@@ -71,5 +75,54 @@ def bm25_matches(
         f"WHERE {table}_fts MATCH ?{between} ORDER BY score LIMIT ?"
         f") AS hit JOIN {table} AS t ON t.id = hit.rowid WHERE t.agent_id = ?{scope} ORDER BY hit.score",
         (f'owner : "{owner}{int(agent_id)}" AND ({expression})', *(ids or ()), limit, agent_id),
+    )
+    return [(int(i), float(score)) for i, score in rows]
+
+
+def ts_terms(text: str) -> list[str]:
+    """The words of `text` as PostgreSQL tsquery terms (letters and digits only), at most 64."""
+    terms = words(text) or [w.lower() for w in WORD.findall(text)]
+    cleaned = [re.sub(r"\W+", "", term) for term in terms[:64]]
+    return [term for term in cleaned if term]
+
+
+# ts_rank's weight of the neighbours' words, relative to the BM25 column weight, and no length
+# normalisation: measured on LoCoMo dev (R@10 over categories 1-4; SQLite's FTS5 BM25: .822):
+# normalisation 1 .809, 2 .802, none .815; with the context weight x0.5 .803, x2 .819, x3 .816.
+CONTEXT_SCALE = 2.0
+COUNTERS = {"messages": "message_count", "passages": "passage_count"}  # rows per agent, in `agents`
+
+
+def _ts_matches(
+    conn: Any,
+    table: str,
+    agent_id: int,
+    query: str,
+    limit: int,
+    weights: tuple[float, ...],
+    public_only: bool,
+    ids: tuple[int, int] | None,
+) -> list[tuple[int, float]]:
+    """PostgreSQL's side of `bm25_matches`, BM25-shaped: each query word's `ts_rank` in the
+    weighted `fts` column (A: the text, B: its neighbours' words) times its inverse document
+    frequency among the agent's rows, summed, negated so that best is lowest. (`ts_rank` alone
+    knows no IDF: a common word counted as much as a rare name; LoCoMo dev R@10 .774 that way.)"""
+    terms = ts_terms(query)
+    if not terms:
+        return []
+    a, b = (*weights, 1.0, 1.0)[:2]
+    b = min(1.0, b * CONTEXT_SCALE)
+    scope = " AND t.private = 0" if public_only else ""
+    between = " AND t.id BETWEEN ? AND ?" if ids else ""
+    values = ", ".join("(?, to_tsquery('english', ?))" for _ in terms)
+    rows = conn.execute(
+        f"WITH q(term, query) AS (VALUES {values}), "
+        f"hits AS (SELECT t.id, q.term, ts_rank('{{0, 0, {float(b)}, {float(a)}}}'::float4[], t.fts, q.query) "
+        f"AS r FROM {table} AS t JOIN q ON t.fts @@ q.query WHERE t.agent_id = ?{scope}{between}), "
+        "df AS (SELECT term, count(*) AS n FROM hits GROUP BY term), "
+        f"total AS (SELECT greatest({COUNTERS[table]}, 1) AS n FROM agents WHERE id = ?) "
+        "SELECT hits.id, -sum(ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) * hits.r) AS score "
+        "FROM hits JOIN df USING (term), total GROUP BY hits.id ORDER BY score, hits.id LIMIT ?",
+        (*(x for i, term in enumerate(terms) for x in (i, term)), agent_id, *(ids or ()), agent_id, limit),
     )
     return [(int(i), float(score)) for i, score in rows]

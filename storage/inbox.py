@@ -62,6 +62,12 @@ def done(conn: Connection, agent_id: int, item_id: int) -> None:
     conn.execute("DELETE FROM inbox WHERE agent_id = ? AND id = ?", (agent_id, item_id))
 
 
+def waits(conn: Connection, agent_id: int, item_id: int) -> bool:
+    """Whether this item of this agent is still unanswered."""
+    row = conn.execute("SELECT 1 FROM inbox WHERE agent_id = ? AND id = ?", (agent_id, item_id)).fetchone()
+    return row is not None
+
+
 def waiting(conn: Connection) -> list[Item]:
     """Every unanswered item, oldest first (at start-up: what a crash or a stop left behind).
     Reads across agents to find them; each is then answered by its own agent."""

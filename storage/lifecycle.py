@@ -30,6 +30,7 @@ from storage.clock import from_iso
 from storage.db import Connection
 from storage.errors import AgentNotFoundError, StorageError
 from storage.messages import CONTEXT_CHARS, CONVERSATION_GAP
+from storage.postgres import dialect
 
 # Tables with an `agent_id` column that `delete_agent` and `move_agent` handle one by one.
 HANDLED = frozenset({"agents", "messages", "passages", "blocks", "speakers"})
@@ -102,6 +103,10 @@ def delete_passages(conn: Connection, agent_id: int, ids: list[int]) -> int:
 
 def _agent_tables(conn: Connection) -> list[str]:
     """Every ordinary table with an `agent_id` column, except those handled one by one."""
+    if dialect(conn) == "postgres":
+        from storage.postgres_schema import AGENT_TABLES
+
+        return sorted(name for name in AGENT_TABLES if name not in HANDLED and name != "agents")
     rows = conn.execute(
         "SELECT m.name FROM sqlite_master AS m, pragma_table_info(m.name) AS c "
         "WHERE m.type = 'table' AND c.name = 'agent_id' AND m.sql NOT LIKE 'CREATE VIRTUAL TABLE%' "
@@ -133,6 +138,14 @@ def _move_vectors(conn: Connection, table: str, from_agent: int, to_agent: int, 
         return 0
     for agent_id in (from_agent, to_agent):  # cheaper to read again than to follow row by row
         vectors.invalidate(conn, table, agent_id)
+    if dialect(conn) == "postgres":  # a plain column here, unlike vec0's partition key
+        moved = conn.execute(
+            f"UPDATE {table} SET agent_id = ? WHERE agent_id = ? AND rowid IN "
+            f"(SELECT id FROM {source} WHERE agent_id = ?)",
+            (to_agent, from_agent, from_agent),
+        ).rowcount
+        conn.execute(f"DELETE FROM {table} WHERE agent_id = ?", (from_agent,))
+        return int(moved)
     ids = [int(i) for (i,) in conn.execute(f"SELECT id FROM {source} WHERE agent_id = ?", (from_agent,))]
     moved = 0
     for start in range(0, len(ids), 500):
@@ -154,6 +167,8 @@ _VECTOR = "SELECT private, embedding FROM {} WHERE rowid = ? AND agent_id = ?"
 
 
 def _has_vectors(conn: Connection) -> bool:
+    if dialect(conn) == "postgres":
+        return all(conn.execute("SELECT to_regclass(?)", (t,)).fetchone()[0] for t in vectors.TABLES)
     found = conn.execute(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)", vectors.TABLES
     ).fetchone()[0]
@@ -204,7 +219,15 @@ def move_agent(conn: Connection, from_agent: int, to_agent: int) -> Moved:
         )
     ]
     for table in _agent_tables(conn):  # identities (done above), inbox, outbox, unembedded, ...
-        conn.execute(f"UPDATE OR IGNORE {table} SET agent_id = ? WHERE agent_id = ?", (to_agent, from_agent))
+        if dialect(conn) == "postgres":  # no UPDATE OR IGNORE: the one key that can clash is heartbeats'
+            if table == "heartbeats":
+                conn.execute("DELETE FROM heartbeats WHERE agent_id = ?", (from_agent,))
+                continue
+            conn.execute(f"UPDATE {table} SET agent_id = ? WHERE agent_id = ?", (to_agent, from_agent))
+        else:
+            conn.execute(
+                f"UPDATE OR IGNORE {table} SET agent_id = ? WHERE agent_id = ?", (to_agent, from_agent)
+            )
         conn.execute(f"DELETE FROM {table} WHERE agent_id = ?", (from_agent,))  # key clashes
     conn.execute("DELETE FROM speakers WHERE agent_id = ?", (from_agent,))
     blocks = _take_blocks(conn, from_agent)
@@ -224,7 +247,7 @@ def renumber_turns(conn: Connection, agent_id: int) -> int:
         "UPDATE messages SET turn = ranked.n FROM ("
         "SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM messages "
         "WHERE agent_id = ? AND search_text != ''"
-        ") AS ranked WHERE messages.id = ranked.id AND messages.turn IS NOT ranked.n",
+        ") AS ranked WHERE messages.id = ranked.id AND messages.turn IS DISTINCT FROM ranked.n",
         (agent_id,),
     ).rowcount
     cleared = conn.execute(

@@ -26,6 +26,7 @@ from storage import vectors
 from storage.clock import from_iso, now_iso
 from storage.db import Connection
 from storage.fulltext import bm25_matches
+from storage.postgres import dialect
 
 CONVERSATION_GAP = timedelta(hours=2)  # a longer silence starts a new conversation
 CONTEXT_CHARS = 2000  # how much of each neighbour goes into a message's context
@@ -228,6 +229,13 @@ def nearest_among(
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
+    if dialect(conn) == "postgres":
+        rows = conn.execute(
+            f"SELECT rowid, embedding <=> ?::vector AS distance FROM messages_vec WHERE agent_id = ? "
+            f"AND rowid IN ({marks}){_scope(public_only)} ORDER BY distance",
+            (vectors.as_parameter(conn, vector), agent_id, *ids),
+        )
+        return [(int(rowid), float(distance)) for rowid, distance in rows]
     rows = conn.execute(
         f"SELECT rowid, distance FROM messages_vec WHERE embedding MATCH ? AND k = ? AND agent_id = ? "
         f"AND rowid IN ({marks}){_scope(public_only)} ORDER BY distance",

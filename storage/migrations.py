@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from storage import postgres
 from storage.clock import now_iso
-from storage.db import Connection
+from storage.db import Connection, changes_schema
 from storage.errors import StorageError
+from storage.postgres import dialect
 
 log = logging.getLogger(__name__)
 
@@ -623,6 +625,22 @@ def m010_link_codes(conn: Connection) -> None:
     )
 
 
+def m011_outbox_claims(conn: Connection) -> None:
+    """Which process is delivering an outbox row, and until when (storage/outbox.py): `claimed_by`
+    (a holder id, one per running delivery) and `claimed_until` (its lease, storage/clock.py's
+    format). The sweep reads pending rows through `outbox_pending` (platform, id); the check that
+    no earlier pending message of the same agent and conversation waits reads the index below."""
+    _execute_all(
+        conn,
+        """
+        ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+        ALTER TABLE outbox ADD COLUMN claimed_until TEXT;
+        CREATE INDEX outbox_pending_by_conversation ON outbox (agent_id, conversation_id, id)
+            WHERE state = 'pending';
+        """,
+    )
+
+
 Migration = Callable[[Connection], None]
 
 MIGRATIONS: list[Migration] = [
@@ -636,14 +654,21 @@ MIGRATIONS: list[Migration] = [
     m008_scheduler,
     m009_documents,
     m010_link_codes,
+    m011_outbox_claims,
 ]
 
 
 def applied(conn: Connection) -> list[str]:
-    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    if dialect(conn) == "postgres":
+        postgres.prepare(conn)
+    else:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
     return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
 
+@changes_schema
 def migrate(conn: Connection, upto: int | None = None) -> list[str]:
     """Apply the migrations not yet applied (the first `upto` only, for tests); return their names."""
     done = applied(conn)
@@ -659,7 +684,10 @@ def migrate(conn: Connection, upto: int | None = None) -> list[str]:
         if migration.__name__ in done:
             continue
         log.info("applying migration %s", migration.__name__)
-        migration(conn)
+        if dialect(conn) == "postgres":  # the same steps, in PostgreSQL's words
+            postgres.apply_migration(conn, migration.__name__)
+        else:
+            migration(conn)
         conn.execute(
             "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (migration.__name__, now_iso())
         )

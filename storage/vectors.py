@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from storage.db import Connection
 from storage.errors import EmbeddingMismatchError
+from storage.postgres import dialect, protect
 from storage.vector_cache import MAX_K, VectorCache
 
 TABLES = ("messages_vec", "passages_vec")
@@ -38,6 +39,8 @@ def recorded(conn: Connection) -> tuple[str, int] | None:
 
 
 def _tables_exist(conn: Connection) -> bool:
+    if dialect(conn) == "postgres":
+        return all(conn.execute("SELECT to_regclass(?)", (t,)).fetchone()[0] for t in TABLES)
     found = conn.execute(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)", TABLES
     ).fetchone()[0]
@@ -50,6 +53,16 @@ def _cache(conn: Connection) -> VectorCache | None:
 
 
 def _create(conn: Connection, table: str, dim: int) -> None:
+    if dialect(conn) == "postgres":
+        # pgvector: `rowid` named as in vec0, so the same statements serve both. Exact search over
+        # the agent's rows (the index on agent_id), the same answers sqlite-vec gives.
+        conn.execute(
+            f"CREATE TABLE {table} (rowid bigint PRIMARY KEY, agent_id bigint NOT NULL, "
+            f"private integer NOT NULL, embedding vector({int(dim)}) NOT NULL)"
+        )
+        conn.execute(f"CREATE INDEX {table}_by_agent ON {table} (agent_id, private)")
+        protect(conn, table)
+        return
     conn.execute(
         f"CREATE VIRTUAL TABLE {table} USING vec0(agent_id INTEGER PARTITION KEY, private INTEGER, "
         f"embedding FLOAT[{dim}] distance_metric=cosine, chunk_size={CHUNK_SIZE})"
@@ -106,14 +119,14 @@ def ensure(conn: Connection, model: str, dim: int) -> None:
         create_tables(conn, model, dim)
         return
     layout = conn.execute("SELECT value FROM meta WHERE key = 'vector_layout'").fetchone()
-    if layout is None or layout[0] != LAYOUT:
+    if (layout is None or layout[0] != LAYOUT) and dialect(conn) == "sqlite":
         _relayout(conn, dim)
 
 
 def put(conn: Connection, table: str, agent_id: int, rowid: int, vector: bytes, private: bool = True) -> None:
     conn.execute(
         f"INSERT INTO {table} (rowid, agent_id, private, embedding) VALUES (?, ?, ?, ?)",
-        (rowid, agent_id, int(private), vector),
+        (rowid, agent_id, int(private), as_parameter(conn, vector)),
     )
     cache = _cache(conn)
     if cache is not None:
@@ -144,6 +157,8 @@ def delete_all(conn: Connection, table: str, agent_id: int) -> int:
     record = recorded(conn)
     if record is None or not _tables_exist(conn):
         return 0
+    if dialect(conn) == "postgres":
+        return int(conn.execute(f"DELETE FROM {table} WHERE agent_id = ?", (agent_id,)).rowcount)
     probe = struct.pack(f"{record[1]}f", 1.0, *([0.0] * (record[1] - 1)))
     total = 0
     while True:
@@ -198,14 +213,38 @@ def _most(conn: Connection, table: str, agent_id: int) -> int | None:
 def knn(
     conn: Connection, table: str, agent_id: int, vector: bytes, k: int, public_only: bool = False
 ) -> list[tuple[int, float]]:
-    """sqlite-vec's own KNN query (brute force over the agent's partition), bypassing the cache."""
+    """sqlite-vec's own KNN query (brute force over the agent's partition), bypassing the cache;
+    on PostgreSQL, pgvector's cosine distance over the agent's rows."""
     scope = " AND private = 0" if public_only else ""
+    if dialect(conn) == "postgres":
+        rows = conn.execute(
+            f"SELECT rowid, embedding <=> ?::vector AS distance FROM {table} WHERE agent_id = ?{scope} "
+            "ORDER BY distance LIMIT ?",
+            (as_parameter(conn, vector), agent_id, k),
+        )
+        return [(int(rowid), float(distance)) for rowid, distance in rows]
     rows = conn.execute(
         f"SELECT rowid, distance FROM {table} WHERE embedding MATCH ? AND k = ? AND agent_id = ?{scope} "
         "ORDER BY distance",
         (vector, k, agent_id),
     )
     return [(int(rowid), float(distance)) for rowid, distance in rows]
+
+
+def as_parameter(conn: Connection, vector: bytes) -> bytes | str:
+    """The vector as this database takes it: float32 bytes for sqlite-vec, '[x,y,...]' for pgvector."""
+    if dialect(conn) != "postgres":
+        return vector
+    values = struct.unpack(f"{len(vector) // 4}f", vector)
+    return "[" + ",".join(f"{value:.9g}" for value in values) + "]"
+
+
+def from_column(value: bytes | str) -> bytes:
+    """A vector read back from either database, as float32 bytes."""
+    if isinstance(value, str):
+        numbers = [float(x) for x in value.strip("[]").split(",") if x]
+        return struct.pack(f"{len(numbers)}f", *numbers)
+    return bytes(value)
 
 
 def mark_rebuilding(conn: Connection, model: str, dim: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 from bot.embedding import WordLlamaEmbedder
 from bot.runtime import Runtime
 from bot.settings import Settings, load_settings
+from tests import postgres
 from tests.fake_openai import Answer, FakeOpenAI, Script, say
 
 _EMBEDDER: WordLlamaEmbedder | None = None
@@ -22,6 +23,14 @@ def shared_embedder() -> WordLlamaEmbedder:
     if _EMBEDDER is None:
         _EMBEDDER = WordLlamaEmbedder()
     return _EMBEDDER
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if postgres.wanted():
+        skip = pytest.mark.skip(reason="checks SQLite itself (TEST_BACKEND=postgres)")
+        for item in items:
+            if "sqlite_only" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +69,7 @@ def make_settings(tmp_path: Path, fake: FakeOpenAI, **overrides: str) -> Setting
     env = {
         "OPENAI_BASE_URL": fake.url,
         "OPENAI_API_KEY": "test-key",
-        "MEMBOT_DB": str(tmp_path / "membot.db"),
+        "MEMBOT_DB": postgres.database_for(tmp_path) if postgres.wanted() else str(tmp_path / "membot.db"),
         "MEMBOT_LLM_RETRIES": "0",
         "MEMBOT_LLM_TIMEOUT": "10",
         **overrides,

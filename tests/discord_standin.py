@@ -12,6 +12,11 @@ request with files is multipart/form-data, its JSON in the `payload_json` part a
 `files[N]` part, as discord.py sends it). Like Discord, it echoes the bot's own messages back
 through the gateway.
 
+Shards route as on Discord: each session IDENTIFYs as shard [id, count]; a server's events
+(its GUILD_CREATE, its messages and interactions) go to the session of shard
+(guild_id >> 22) % count, and DMs to shard 0 (`shard_of`). `GET /gateway/bot` recommends
+`shards` shards (1 unless told).
+
 Payload shapes follow discord.py's `discord/types/*.py` (the API's documented objects).
 """
 
@@ -42,6 +47,11 @@ _ids = itertools.count(1)
 def snowflake() -> str:
     """A fresh id in Discord's format: milliseconds since 2015 shifted left 22 bits, plus a counter."""
     return str(((int(time.time() * 1000) - DISCORD_EPOCH) << 22) | (next(_ids) % 4096))
+
+
+def shard_of(guild_id: str | None, count: int) -> int:
+    """The shard Discord sends a server's events to; DMs (no server) go to shard 0."""
+    return (int(guild_id) >> 22) % count if guild_id else 0
 
 
 def now_iso() -> str:
@@ -249,17 +259,19 @@ async def _body(request: web.Request, where: str) -> tuple[dict[str, Any], list[
 class _Session:
     id: str
     ws: web.WebSocketResponse | None
-    shard: list[int]
+    shard: list[int]  # [id, count]
     seq: int = 0
+    ready: bool = False  # READY and the GUILD_CREATEs of its shard were sent
     sent: list[dict[str, Any]] = field(default_factory=list)  # every dispatch, for RESUME
 
 
 class DiscordStandIn:
     """Start with `with DiscordStandIn() as discord:`; `discord.api_url` is DISCORD_API_URL."""
 
-    def __init__(self, *, allow_message_content: bool = True, echo: bool = True) -> None:
+    def __init__(self, *, allow_message_content: bool = True, echo: bool = True, shards: int = 1) -> None:
         self.allow_message_content = allow_message_content
         self.echo = echo
+        self.recommended_shards = shards  # what GET /gateway/bot answers
         self.posts: list[dict[str, Any]] = []  # {"channel_id", "json"} per message created
         self.typing: list[str] = []
         self.dms_opened: list[str] = []
@@ -338,14 +350,21 @@ class DiscordStandIn:
 
     @property
     def connected(self) -> bool:
-        """A session is live and has had its GUILD_CREATE."""
-        return any(s.ws is not None and not s.ws.closed and s.seq >= 2 for s in self.sessions.values())
+        """A session is live and has had its READY and its shard's GUILD_CREATEs."""
+        return bool(self.live_shards())
+
+    def live_shards(self) -> set[int]:
+        """The shard ids of the live sessions that have had their READY and GUILD_CREATEs."""
+        return {
+            s.shard[0] for s in self.sessions.values() if s.ws is not None and not s.ws.closed and s.ready
+        }
 
     def last_seq(self) -> int:
         return max((s.seq for s in self.sessions.values()), default=0)
 
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a dispatch (op 0) to every live session (thread-safe)."""
+        """Send a dispatch (op 0) to the live sessions of its shard: its guild's, or 0 for a DM
+        (thread-safe)."""
         self._call(self._dispatch_all(event, data))
 
     def reconnect(self) -> None:
@@ -379,8 +398,10 @@ class DiscordStandIn:
     # gateway ---------------------------------------------------------------------------------
 
     async def _dispatch_all(self, event: str, data: dict[str, Any]) -> None:
+        guild_id = data.get("guild_id")
         for session in list(self.sessions.values()):
-            if session.ws is not None and not session.ws.closed and session.shard[0] == 0:
+            shard, count = session.shard
+            if session.ws is not None and not session.ws.closed and shard == shard_of(guild_id, count):
                 await self._send_dispatch(session, event, data)
 
     async def _send_dispatch(self, session: _Session, event: str, data: dict[str, Any]) -> None:
@@ -428,10 +449,11 @@ class DiscordStandIn:
         shard = data.get("shard") or [0, 1]
         session = _Session(snowflake(), ws, shard)
         self.sessions[session.id] = session
+        ours = shard[0] == shard_of(GUILD_ID, shard[1])  # the one server, Acme, is on this shard
         ready = {
             "v": 10,
             "user": BOT,
-            "guilds": [{"id": GUILD_ID, "unavailable": True}] if shard[0] == 0 else [],
+            "guilds": [{"id": GUILD_ID, "unavailable": True}] if ours else [],
             "session_id": session.id,
             "resume_gateway_url": self.gateway_url,
             "shard": shard,
@@ -440,8 +462,9 @@ class DiscordStandIn:
             "relationships": [],
         }
         await self._send_dispatch(session, "READY", ready)
-        if shard[0] == 0:
+        if ours:
             await self._send_dispatch(session, "GUILD_CREATE", guild_create())
+        session.ready = True
         return session
 
     async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> _Session | None:
@@ -484,7 +507,7 @@ class DiscordStandIn:
             ("GET", "/gateway/bot"): lambda r, p: _json(
                 {
                     "url": self.gateway_url,
-                    "shards": 1,
+                    "shards": self.recommended_shards,
                     "session_start_limit": {
                         "total": 1000,
                         "remaining": 999,

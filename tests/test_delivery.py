@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Any
 
+import pytest
+
 from storage import messages, outbox, passages
 from tests.fake_openai import Answer, last_message, say
 from tests.platform import RecordingPlatform, dm, eventually
@@ -105,6 +107,7 @@ async def test_a_person_who_closed_their_dms_is_logged_not_retried(fake_server, 
     assert "(permanent)" in caplog.text
 
 
+@pytest.mark.sqlite_only
 async def test_a_storage_failure_later_in_a_step_keeps_what_was_already_sent(fake_server, runtime_for):
     """The disk fills after send_message ran: the message was delivered and its "Sent." result is
     on disk; the archival insert that could not be stored left no passage and no result."""

@@ -31,6 +31,7 @@ from bot.events import Event, Kind
 from bot.runtime import Runtime
 from storage import outbox
 from storage.db import connect
+from tests import postgres
 from tests.discord_standin import (
     BOT,
     CHANNEL_ID,
@@ -237,6 +238,8 @@ async def test_own_echo_other_bots_and_system_messages_get_no_answer_and_nothing
 
 
 def query(bot: Bot, sql: str) -> list[tuple[Any, ...]]:
+    if bot.runtime.settings.db.startswith("postgresql://"):
+        return postgres.rows(bot.runtime.settings.db, sql)
     conn = connect(bot.runtime.settings.db)
     try:
         return [tuple(row) for row in conn.execute(sql).fetchall()]

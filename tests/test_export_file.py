@@ -25,6 +25,7 @@ from bot.events import IMPORT_MAX_BYTES, Attachment, File, Person
 from bot.events import Answer as CommandAnswer
 from bot.runtime import Runtime
 from storage.db import connect
+from tests import postgres
 from tests.discord_standin import CHANNEL_ID, slash_command, user
 from tests.fake_openai import Answer, last_message, last_user_text
 from tests.platform import eventually
@@ -66,13 +67,20 @@ def system_prompt(request: dict[str, Any]) -> str:
     return str(request["messages"][0]["content"])
 
 
+TABLES = ("agents", "identities", "messages", "passages")
+
+
 def counts(db: str | Path) -> tuple[int, int, int, int]:
     """Agents, identities, messages and passages in the whole database."""
+    if isinstance(db, Path) and postgres.has_database(db.parent):  # that folder's PostgreSQL database
+        db = postgres.database_for(db.parent)
+    if str(db).startswith("postgresql://"):
+        found = [postgres.rows(str(db), f"SELECT count(*) FROM {t}")[0][0] for t in TABLES]
+        return found[0], found[1], found[2], found[3]
     conn = connect(Path(db))
     try:
         return tuple(  # type: ignore[return-value]
-            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("agents", "identities", "messages", "passages")
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES
         )
     finally:
         conn.close()

@@ -20,6 +20,7 @@ import pytest
 from bot import controls, loading
 from bot.errors import InvalidInput
 from bot.events import Event
+from tests import postgres
 from tests.fake_openai import Answer, FakeOpenAI, last_message, last_user_text
 from tests.test_terminal_chat import environment, lines, query, run_chat
 
@@ -67,6 +68,15 @@ def chat_both(fake: FakeOpenAI, home: Path) -> None:
 
 def agent_rows(home: Path, agent_id: int) -> dict[str, int]:
     """Rows of this agent in every table with an agent_id column, vec0 tables included."""
+    if postgres.wanted():
+        from storage.postgres_schema import AGENT_TABLES
+
+        names = [t for t in AGENT_TABLES if t != "agents"] + ["messages_vec", "passages_vec"]
+        counts = {
+            t: query(home, f"SELECT count(*) FROM {t} WHERE agent_id = ?", agent_id)[0][0] for t in names
+        }
+        counts["agents"] = query(home, "SELECT count(*) FROM agents WHERE id = ?", agent_id)[0][0]
+        return counts
     tables = [
         name
         for (name,) in query(
@@ -84,7 +94,18 @@ def agent_rows(home: Path, agent_id: int) -> dict[str, int]:
     return counts
 
 
+def passage_hits(home: Path, word: str) -> list[tuple[Any, ...]]:
+    """[(passages whose full-text index has `word`,)]: FTS5's index, or PostgreSQL's fts column."""
+    if postgres.wanted():
+        return query(home, "SELECT count(*) FROM passages WHERE fts @@ to_tsquery('english', ?)", word)
+    return query(home, "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH ?", word)
+
+
 def on_disk(home: Path, needle: bytes) -> int:
+    """Times `needle` is in the SQLite file and its WAL (free pages and indexes included); on
+    PostgreSQL, in the rows of every table (its own files keep freed bytes: see README)."""
+    if postgres.wanted():
+        return postgres.held(postgres.database_for(home), needle)
     found = 0
     for name in ("membot.db", "membot.db-wal"):
         path = home / name
@@ -111,7 +132,7 @@ def test_forget_leaves_no_trace_of_the_person_and_keeps_everyone_else(fake_serve
     assert on_disk(tmp_path, b"zebrafoxtrot") == 0  # not in a live row, a free page, the index or the WAL
 
     [(bob,)] = query(tmp_path, "SELECT agent_id FROM identities WHERE platform_user_id = 'bob'")
-    hits = query(tmp_path, "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH 'bobword3'")
+    hits = passage_hits(tmp_path, "bobword3")
     assert (
         hits == [(1,)] and query(tmp_path, "SELECT count(*) FROM messages WHERE agent_id = ?", bob)[0][0] > 20
     )
@@ -269,7 +290,7 @@ def test_a_person_forgets_themselves_from_the_chat_after_confirming(fake_server,
     [(again,)] = query(tmp_path, "SELECT agent_id FROM identities WHERE platform_user_id = 'alice'")
     texts = [t for (t,) in query(tmp_path, "SELECT content FROM messages WHERE agent_id = ?", again)]
     assert any("newword7" in t for t in texts) and not any("zebrafoxtrot" in t for t in texts)
-    assert query(tmp_path, "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH 'bobword1'") == [(1,)]
+    assert passage_hits(tmp_path, "bobword1") == [(1,)]
 
 
 async def test_a_person_forgotten_by_another_process_is_not_answered_as_whoever_got_their_id(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bot import loading
 from bot.events import Event
-from tests.test_forget import on_disk, remembering
+from tests.test_forget import on_disk, passage_hits, remembering
 from tests.test_terminal_chat import query
 
 ALICE = Event.direct("terminal", "alice", "hi").person
@@ -61,9 +61,7 @@ async def test_forget_one_passage_of_a_document_after_a_preview(fake_server, run
     done = await runtime.command(ALICE, "/forget confirm")
     assert done == "Done: I have forgotten 1 archival passage."
     assert query(tmp_path, "SELECT count(*) FROM passages WHERE agent_id = ?", alice.id) == [(before - 1,)]
-    assert query(tmp_path, "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH 'plantword7x'") == [
-        (0,)
-    ]
+    assert passage_hits(tmp_path, "plantword7x") == [(0,)]
     assert query(tmp_path, "SELECT count(*) FROM passages_vec WHERE rowid = ?", target) == [(0,)]
     assert on_disk(tmp_path, b"plantword7x") == 0  # not in the file, the index or the WAL
     assert on_disk(tmp_path, b"plantword3x") > 0 and on_disk(tmp_path, b"bobword1") > 0

@@ -31,6 +31,7 @@ from adapters.slack_text import split, to_mrkdwn
 from bot.events import ConfigError, Event, Kind
 from bot.runtime import Runtime
 from storage.db import connect
+from tests import postgres
 from tests.fake_openai import Answer, FakeOpenAI, last_message, last_user_text, say
 from tests.platform import eventually
 from tests.slack_standin import (
@@ -148,6 +149,8 @@ async def listening(app: App) -> None:
 
 
 def query(runtime: Runtime, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    if runtime.settings.db.startswith("postgresql://"):
+        return postgres.rows(runtime.settings.db, sql, args)
     conn = connect(Path(runtime.settings.db))
     try:
         return [tuple(row) for row in conn.execute(sql, args).fetchall()]

@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from storage.db import connect
+from tests import postgres
 from tests.fake_openai import Answer, FakeOpenAI, last_message, last_user_text, say
 
 TIMEOUT = 60  # seconds any one process may take
@@ -30,7 +31,7 @@ def environment(fake: FakeOpenAI, home: Path, **extra: str) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
-        "MEMBOT_DB": str(home / "membot.db"),
+        "MEMBOT_DB": postgres.database_for(home) if postgres.wanted() else str(home / "membot.db"),
         "OPENAI_BASE_URL": fake.url,
         "OPENAI_API_KEY": "test-key",
         "MEMBOT_LLM_RETRIES": "0",
@@ -136,6 +137,9 @@ class Chat:
 
 
 def query(home: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of the database of this folder (its SQLite file, or its PostgreSQL database)."""
+    if postgres.has_database(home):
+        return postgres.rows(postgres.database_for(home), sql, args)
     conn = connect(home / "membot.db")
     try:
         return [tuple(row) for row in conn.execute(sql, args).fetchall()]

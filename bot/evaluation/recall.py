@@ -91,7 +91,7 @@ async def evaluate(
     embedder: Embedder,
     ks: list[int],
     progress: Callable[[int], object] = lambda n: None,
-    db_path: Path | None = None,
+    db_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Recall figures for these conversations (see the module docstring)."""
     scores = Scores(ks)
