@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
 
 from bot.embedding import Embedder
 from bot.events import Conversation, Event, Kind, Person, event_to_json
@@ -18,7 +20,7 @@ from bot.settings import Settings
 from storage import agents, blocks, conversations, identities, inbox
 from storage.agents import Agent as AgentRecord
 from storage.clock import now_iso
-from storage.db import Connection, Database
+from storage.db import Connection, Database, after_commit
 from storage.errors import AgentNotFoundError
 from storage.messages import Message
 
@@ -103,10 +105,16 @@ class Reception:
             made = conversations.ensure(
                 conn, c.platform, c.channel_id, c.thread_id, c.private, c.name, c.place
             )
-            if len(self.conversations) > CACHE_SIZE:
-                self.conversations.clear()
-            found = self.conversations[key] = (made, (c.name, c.place))
+            found = (made, (c.name, c.place))
+            after_commit(conn, partial(self._remember, self.conversations, key, found))
         return found[0]
+
+    @staticmethod
+    def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+        """Into a cache, once the row is committed (see storage.db.after_commit)."""
+        if len(cache) > CACHE_SIZE:
+            cache.clear()
+        cache[key] = value
 
     def receive(
         self, conn: Connection, event: Event, agent_id: int | None, claim: Claim | None = None
@@ -118,9 +126,9 @@ class Reception:
         if agent_id is None:
             person = event.person
             agent_id = self.find_or_create(conn, person.platform, person.user_id, person.name).id
-            if len(self.agents) > CACHE_SIZE:
-                self.agents.clear()
-            self.agents[(person.platform, person.user_id)] = agent_id
+            after_commit(
+                conn, partial(self._remember, self.agents, (person.platform, person.user_id), agent_id)
+            )
         conversation_id = self.conversation(conn, event.conversation)
         item = inbox.add(conn, agent_id, key, event_to_json(event))
         return Received(agent_id, item.id, conversation_id, item.received_at)

@@ -89,7 +89,19 @@ def _load_vec(conn: Connection) -> None:
 @cache
 def _connection_class(module: ModuleType) -> type:
     """The driver's Connection with a `vector_cache` slot (None: every query goes to sqlite-vec)."""
-    return type("MembotConnection", (module.Connection,), {"vector_cache": None})
+    return type("MembotConnection", (module.Connection,), {"vector_cache": None, "committed": None})
+
+
+def after_commit(conn: Connection, callback: Callable[[], object]) -> None:
+    """Run `callback` once the transaction `conn` is in has committed; never if it rolls back
+    (a call tried again after a lock or a serialization failure runs its function anew, so an
+    in-memory cache filled inside the function would keep ids of rows that never existed)."""
+    conn.committed.append(callback)
+
+
+def _run_callbacks(callbacks: list[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 def connect(
@@ -115,6 +127,7 @@ def connect(
         raise storage_error(exc, target) from exc
     try:
         conn.vector_cache = vector_cache
+        conn.committed = []
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -281,9 +294,11 @@ class Database:
                 self._set_busy_timeout(conn, busy_ms)
                 conn.execute(begin)
                 try:
+                    conn.committed = []
                     result = fn(conn, *args, **kwargs)
                     conn.execute("COMMIT")
                     committed = True
+                    _run_callbacks(conn.committed)
                 finally:
                     if not committed:
                         self._rollback(conn)

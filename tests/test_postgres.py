@@ -191,3 +191,29 @@ def test_the_database_url_alone_selects_postgresql(tmp_path: Path):
     finally:
         db.close()
     assert sqlite_files(tmp_path) == []
+
+
+async def test_the_same_event_at_two_processes_at_once_is_answered_once(fake_server):
+    """A load balancer (or Slack's retry) hands one platform message to two processes together."""
+    from bot.runtime import Runtime
+    from tests.fake_openai import say
+    from tests.platform import RecordingPlatform, dm
+
+    fake = fake_server(lambda request: say("only once"))
+    settings = make_settings(Path("."), fake, MEMBOT_DB=postgres.fresh_database())
+    first = await Runtime.start(settings, embedder=shared_embedder())
+    second = await Runtime.start(settings, embedder=shared_embedder())
+    try:
+        platforms = [RecordingPlatform(), RecordingPlatform()]
+        for runtime, platform in zip((first, second), platforms, strict=True):
+            runtime.register_sender("chat", platform)
+        for n in range(5):  # a new person each time: the agent is made by the race, too
+            event = dm(f"person{n}", "hello", message_id=f"m-{n}")
+            turns = await asyncio.gather(first.handle(event), second.handle(event))
+            assert sorted(t.duplicate for t in turns) == [False, True], turns
+            assert [t.replies for t in turns if not t.duplicate] == [["only once"]]
+        assert len(fake.agent_requests) == 5
+        assert rows(settings.db, "SELECT count(*) FROM agents")[0][0] == 5
+    finally:
+        await first.close()
+        await second.close()
