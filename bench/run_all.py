@@ -32,6 +32,7 @@ REDUCED: dict[str, list[str]] = {
     "concurrency": ["--users", "100"],
     "scheduler_scale": ["--agents", "10000", "--due", "300"],
     "documents": [],
+    "scale_out": ["--people", "100", "--timeout", "30"],
 }
 FULL: dict[str, list[str]] = {name: ["--full"] for name in REDUCED}
 
@@ -101,6 +102,24 @@ def _scheduler_scale(r: dict[str, Any]) -> tuple[list[str], bool]:
     ], r["delivered"] == r["due"]
 
 
+def _scale_out(r: dict[str, Any]) -> tuple[list[str], bool]:
+    lines, ok = [], True
+    for run in r.get("scale_out", []):
+        lines.append(
+            f"{run['processes']} process(es), {run['people']} x {run['messages_per_person']} ({run['mode']}): "
+            f"{run['messages_per_s']} msg/s, ratio {run['throughput_ratio']}, lost {run['lost_messages']}, "
+            f"duplicates {run['duplicate_deliveries']}, out of order {run['people_out_of_send_order']}, "
+            f"busy {run['resources']['machine_busy_fraction']}"
+        )
+        ok = ok and not (
+            run["lost_messages"] or run["duplicate_deliveries"] or run["people_out_of_send_order"]
+        )
+    for o in r.get("turn_overhead", []):
+        ms = o["overhead_ms"]
+        lines.append(f"turn overhead on {o['backend']}: p50 {ms['p50']} ms, p99 {ms['p99']} ms")
+    return lines, ok
+
+
 SUMMARY: dict[str, Callable[[dict[str, Any]], tuple[list[str], bool]]] = {
     "turn_overhead": _turn_overhead,
     "tokens_growth": _tokens_growth,
@@ -108,6 +127,7 @@ SUMMARY: dict[str, Callable[[dict[str, Any]], tuple[list[str], bool]]] = {
     "concurrency": _concurrency,
     "scheduler_scale": _scheduler_scale,
     "documents": _documents,
+    "scale_out": _scale_out,
 }
 
 
