@@ -4,6 +4,7 @@ and the bot's own time per turn on PostgreSQL beside SQLite.
     python bench/scale_out.py                         # 100 people x 5 messages, 1, 2 and 4 processes
     python bench/scale_out.py --full                  # 1,000 people x 5 messages
     python bench/scale_out.py --processes 2 4 --mode both --json out.json
+    python bench/scale_out.py --mode burst --warm     # each person's 5 messages back to back, people known
     python bench/scale_out.py --skip-overhead         # only the processes
     python bench/scale_out.py --skip-scale            # only the turn overhead, PostgreSQL and SQLite
 
@@ -23,12 +24,15 @@ Real processes, as a deployment runs them:
   load balancer would (so one person's messages go to different processes).
 
 Modes: sequential (each person sends the next message when the reply to the previous one was
-posted at the stand-in) and burst (each person's messages all POSTed at once).
+posted at the stand-in) and burst (each person's messages POSTed one right after the other, each
+once the previous POST was acknowledged, without waiting for replies: they reach the bots in the
+order sent; with --at-once all at the same moment, so they may reach the bots in any order).
 
 Ideal wall time = messages per person x LLM calls per turn (as observed at the fake) x latency:
 each person's turns back to back, every person in parallel, everything but the model free.
 Throughput ratio = ideal / measured wall time (1.0 is perfect).
-Lost = a person's message whose reply never reached the stand-in. Duplicate = a reply posted more
+Lost = a person's message whose reply never reached the stand-in (once no post at all has come for
+--timeout seconds, what is still awaited is lost; a slow reply is waited for as long as replies flow). Duplicate = a reply posted more
 than once (which processes posted it is listed); other = posts that are no reply (the notice a
 person gets when their message could not be stored, an apology). Order = each person's replies at the stand-in in
 the order the messages were sent; in burst mode the messages of one person arrive at different
@@ -132,6 +136,7 @@ class SlackRecorder:
     calls: Counter[str] = field(default_factory=Counter)
     refused: int = 0
     waiting: dict[tuple[str, str], asyncio.Future[Post]] = field(default_factory=dict)
+    last_post: float = field(default_factory=time.perf_counter)
     port: int = 0
 
     def url(self, process: int) -> str:
@@ -148,6 +153,17 @@ class SlackRecorder:
 
     async def close(self) -> None:
         await self._runner.cleanup()
+
+    async def wait(self, future: asyncio.Future[Post], quiet: float) -> Post | None:
+        """The post `future` waits for; None once no post at all has come for `quiet` seconds
+        (the bots have stopped answering: what is still awaited is lost)."""
+        began = time.perf_counter()
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), min(quiet, 2.0))
+            except TimeoutError:
+                if time.perf_counter() - max(self.last_post, began) > quiet:
+                    return None
 
     def expect(self, channel: str, text: str) -> asyncio.Future[Post]:
         future: asyncio.Future[Post] = asyncio.get_running_loop().create_future()
@@ -176,6 +192,7 @@ class SlackRecorder:
         if method == "chat.postMessage":
             post = Post(time.perf_counter(), process, str(args.get("channel")), str(args.get("text")))
             self.posts.append(post)
+            self.last_post = post.at
             future = self.waiting.pop((post.channel, post.text), None)
             if future is not None and not future.done():
                 future.set_result(post)
@@ -333,6 +350,13 @@ def rss_mb(proc: psutil.Process, with_children: bool = False) -> float:
         return 0.0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every process, kernel included)."""
+    t = psutil.cpu_times()
+    counted_twice = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # inside user already
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - counted_twice)
+
+
 class Meter:
     """CPU seconds and peak RSS of the bots, PostgreSQL (postmaster and backends), the fake model
     and this process (the Slack stand-in and the load generator), sampled every second."""
@@ -361,6 +385,7 @@ class Meter:
 
     def __enter__(self) -> Meter:
         self.cpu0, self.t0 = self.cpu(), time.perf_counter()
+        self.machine0 = machine_busy_seconds()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -371,6 +396,7 @@ class Meter:
         self.wall = time.perf_counter() - self.t0
         cpu1 = self.cpu()
         self.spent = {name: round(cpu1[name] - self.cpu0[name], 2) for name in cpu1}
+        self.machine = machine_busy_seconds() - self.machine0
 
     def report(self, turns: int) -> dict[str, Any]:
         bots = sum(v for k, v in self.spent.items() if k.startswith("bot"))
@@ -383,6 +409,8 @@ class Meter:
             "postgres_cpu_ms_per_turn": round(self.spent["postgres"] / turns * 1000, 2) if turns else 0.0,
             "peak_rss_mb": {k: round(v, 1) for k, v in self.peak.items()},
             "cores": os.cpu_count(),
+            # CPU the rest of the machine used meanwhile (other jobs on a shared machine skew the figures)
+            "other_processes_cpu_s": round(max(0.0, self.machine - total), 2),
         }
 
 
@@ -435,48 +463,103 @@ async def person(
     reply_timeout: float,
     latencies: list[float],
     late: list[str],
+    at_once: bool = False,
 ) -> None:
     uid = person_id(i)
     channel = f"D{uid}"
     base = int(time.time())
 
-    async def one(j: int, text: str) -> None:
+    async def send(j: int, text: str) -> tuple[str, asyncio.Future[Post], float]:
         future = slack.expect(channel, REPLY.format(text))
         ts = f"{base}.{j * 10_000 + i % 10_000:06d}"  # unique in the channel, rising with j
         t0 = time.perf_counter()
         await balancer.post(callback(dm(uid, text, ts), f"Ev{i}x{j}"))
-        try:
-            post = await asyncio.wait_for(asyncio.shield(future), reply_timeout)
-            latencies.append(post.at - t0)
-        except TimeoutError:
+        return text, future, t0
+
+    async def reply(text: str, future: asyncio.Future[Post], t0: float) -> None:
+        post = await slack.wait(future, reply_timeout)
+        if post is None:
             late.append(text)
+        else:
+            latencies.append(post.at - t0)
 
     texts = texts_of(i, per_person)
-    if burst:
-        await asyncio.gather(*(one(j, t) for j, t in enumerate(texts)))
-    else:
+    if not burst:
         for j, t in enumerate(texts):
-            await one(j, t)
+            await reply(*await send(j, t))
+    elif at_once:  # every POST at the same moment: they may reach the bot in any order
+        sent = await asyncio.gather(*(send(j, t) for j, t in enumerate(texts)))
+        await asyncio.gather(*(reply(*s) for s in sent))
+    else:  # each POST once the previous one was acknowledged: they reach the bot in order
+        sent = [await send(j, t) for j, t in enumerate(texts)]
+        await asyncio.gather(*(reply(*s) for s in sent))
+
+
+async def say_hello(
+    i: int, balancer: Balancer, slack: SlackRecorder, reply_timeout: float, late: list[str]
+) -> None:
+    """The --warm message: the person is known to every process before the measured messages."""
+    uid = person_id(i)
+    for k in range(len(balancer.ports)):
+        text = f"person {i} hello {k}"
+        future = slack.expect(f"D{uid}", REPLY.format(text))
+        await balancer.post(
+            callback(dm(uid, text, f"{int(time.time()) - 100}.{k:02d}{i % 10_000:04d}"), f"Hi{i}x{k}")
+        )
+        if await slack.wait(future, reply_timeout) is None:
+            late.append(text)
+
+
+def mode_name(burst: bool, at_once: bool) -> str:
+    return ("burst-at-once" if at_once else "burst") if burst else "sequential"
+
+
+def read_back(db: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` from the bots' database: PostgreSQL as its superuser (past row-level security),
+    or a SQLite file (--bot-env MEMBOT_DB=FILE, to compare)."""
+    if not db.startswith("postgresql://"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return [tuple(row) for row in conn.execute(sql).fetchall()]
+    import psycopg
+
+    with psycopg.connect(superuser(db), autocommit=True) as conn:
+        return [tuple(row) for row in conn.execute(sql).fetchall()]
 
 
 def stored_order(db: str) -> dict[str, list[tuple[str, str]]]:
     """(role, text) of each person's user and assistant messages, in the order the bot stored them."""
-    import psycopg
-
-    with psycopg.connect(superuser(db), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT i.platform_user_id, m.role, m.content, m.search_text FROM messages m "
-            "JOIN identities i ON i.agent_id = m.agent_id "
-            "WHERE m.role IN ('user', 'assistant') ORDER BY m.id"
-        ).fetchall()
+    rows = read_back(
+        db,
+        "SELECT i.platform_user_id, m.role, m.content, m.search_text FROM messages m "
+        "JOIN identities i ON i.agent_id = m.agent_id "
+        "WHERE m.role IN ('user', 'assistant') ORDER BY m.id",
+    )
     found: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for uid, role, _content, search_text in rows:
         found[uid.rpartition(":")[2]].append((role, search_text))
     return found
 
 
+def inbox_order(db: str) -> dict[str, list[str]]:
+    """Each person's messages in the order the bot received them (the inbox's ids)."""
+    rows = read_back(
+        db,
+        "SELECT i.platform_user_id, m.search_text FROM inbox x JOIN messages m ON m.id = x.message_id "
+        "JOIN identities i ON i.agent_id = x.agent_id ORDER BY x.id",
+    )
+    found: dict[str, list[str]] = defaultdict(list)
+    for uid, text in rows:
+        found[uid.rpartition(":")[2]].append(text)
+    return found
+
+
 def database_counts(db: str) -> dict[str, Any]:
     import psycopg
+
+    if not db.startswith("postgresql://"):
+        return {"outbox": dict(read_back(db, "SELECT state, count(*) FROM outbox GROUP BY state"))}  # type: ignore[arg-type]
 
     with psycopg.connect(superuser(db), autocommit=True) as conn:
         outbox = dict(conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
@@ -541,14 +624,19 @@ def check(
                 )
         first = list(dict.fromkeys(p.text for p in posted if p.text in set(expected)))
         if first != [e for e in expected if e in seen]:
-            out_of_order.append(uid)
+            out_of_order.append(f"{uid}: replies to {[expected.index(e) for e in first]}")
         mine = stored.get(uid, [])
-        said = [text for role, text in mine if role == "user"]
+        said = [text for role, text in mine if role == "user" and text in texts]
+        mine = [(role, text) for role, text in mine if text in texts or text in expected]
         if first != [REPLY.format(t) for t in said if REPLY.format(t) in seen]:
-            not_as_stored.append(uid)
+            not_as_stored.append(
+                f"{uid}: stored {[texts.index(t) for t in said]}, replies {[expected.index(e) for e in first]}"
+            )
         if mine != [p for t in said for p in (("user", t), ("assistant", REPLY.format(t)))]:
             disk_not_paired.append(uid)
-    unexpected = [p for p in slack.posts if (p.channel, p.text) not in expected_all]
+    unexpected = [
+        p for p in slack.posts if (p.channel, p.text) not in expected_all and " hello " not in p.text
+    ]
     return {
         "lost_messages": len(lost),
         "lost": [f"{t} (posted to bot{received_by.get(t)})" for t in lost[:50]],
@@ -578,6 +666,8 @@ async def run_scale(
     keep_logs: str | None = None,
     bot_env: dict[str, str] | None = None,
     pg_set: dict[str, str] | None = None,
+    at_once: bool = False,
+    warm: bool = False,
 ) -> dict[str, Any]:
     db = postgres_database()
     if pg_set:
@@ -596,12 +686,19 @@ async def run_scale(
                 balancer = Balancer(session, [b.port for b in bots])
                 latencies: list[float] = []
                 late: list[str] = []
+                if warm:  # one message each first, answered one after the other per process: caches warm
+                    hello: list[str] = []
+                    await asyncio.gather(
+                        *(say_hello(i, balancer, slack, reply_timeout, hello) for i in range(n_people))
+                    )
                 fake.stats()
                 with Meter(bots, postmaster_pid(), fake_pid) as meter:
-                    t0 = time.perf_counter()
+                    t0 = slack.last_post = time.perf_counter()
                     await asyncio.gather(
                         *(
-                            person(i, per_person, burst, balancer, slack, reply_timeout, latencies, late)
+                            person(
+                                i, per_person, burst, balancer, slack, reply_timeout, latencies, late, at_once
+                            )
                             for i in range(n_people)
                         )
                     )
@@ -613,20 +710,28 @@ async def run_scale(
             codes = stop_bots(bots)
         problems = log_problems(bots)
         if keep_logs:
-            folder = Path(keep_logs) / f"{n_bots}x{'burst' if burst else 'sequential'}"
+            folder = Path(keep_logs) / f"{n_bots}x{mode_name(burst, at_once)}"
             folder.mkdir(parents=True, exist_ok=True)
             for bot in bots:
                 (folder / f"bot{bot.index}.log").write_bytes(bot.log.read_bytes())
         sqlite_files = sqlite_files_in(home)
     await slack.close()
+    db = (bot_env or {}).get("MEMBOT_DB", db)  # the bots' database, if an experiment chose another
     stored = stored_order(db)
     checked = check(slack, n_people, per_person, stored, balancer.received_by)
+    received = inbox_order(db)
+    inbox_out_of_order = [
+        person_id(i)
+        for i in range(n_people)
+        if [t for t in received.get(person_id(i), []) if t in texts_of(i, per_person)]
+        != [t for t in texts_of(i, per_person) if t in received.get(person_id(i), [])]
+    ]
     turns = n_people * per_person
     calls_per_turn = served["requests"] / turns if turns else 0.0
     ideal = per_person * max(1.0, calls_per_turn) * latency
     return {
         "processes": n_bots,
-        "mode": "burst" if burst else "sequential",
+        "mode": mode_name(burst, at_once) + (" warm" if warm else ""),
         "bot_env": bot_env or {},
         "postgres_settings": pg_set or {},
         "people": n_people,
@@ -649,6 +754,9 @@ async def run_scale(
         "posts_by_process": dict(Counter(p.process for p in slack.posts)),
         "slack_calls": dict(slack.calls),
         **checked,
+        # received (inbox ids) out of the order sent: the reordering happened before the inbox
+        "people_inbox_out_of_send_order": len(inbox_out_of_order),
+        "inbox_out_of_send_order": inbox_out_of_order[:20],
         "database": database_counts(db),
         "resources": meter.report(turns),
         "processes_alive_at_end": alive,
@@ -709,14 +817,14 @@ def print_tables(result: dict[str, Any]) -> None:
     runs = result.get("scale_out", [])
     if runs:
         print(
-            f"\n{'procs':>5} {'mode':<10} {'people':>6} {'msgs':>5} {'wall s':>7} {'msg/s':>6} {'calls/turn':>10} "
+            f"\n{'procs':>5} {'mode':<13} {'people':>6} {'msgs':>5} {'wall s':>7} {'msg/s':>6} {'calls/turn':>10} "
             f"{'ideal s':>7} {'ratio':>6} {'lost':>4} {'dup':>4} {'other':>5} {'order':>5} {'stored':>6} "
             f"{'p50 ms':>7} {'p99 ms':>7} {'busy':>5} {'bot ms/turn':>11} {'pg ms/turn':>10}"
         )
         for r in runs:
             res = r["resources"]
             print(
-                f"{r['processes']:>5} {r['mode']:<10} {r['people']:>6} {r['messages']:>5} {r['wall_s']:>7} "
+                f"{r['processes']:>5} {r['mode']:<13} {r['people']:>6} {r['messages']:>5} {r['wall_s']:>7} "
                 f"{r['messages_per_s']:>6} {r['llm_calls_per_turn']:>10} {r['ideal_wall_s']:>7} "
                 f"{r['throughput_ratio']:>6} {r['lost_messages']:>4} {r['duplicate_deliveries']:>4} {r['other_posts']:>5} "
                 f"{r['people_out_of_send_order']:>5} {r['people_not_in_stored_order']:>6} "
@@ -728,7 +836,9 @@ def print_tables(result: dict[str, Any]) -> None:
         for r in runs:
             res = r["resources"]
             parts = ", ".join(f"{k} {res['cpu_s'][k]}s/{res['peak_rss_mb'][k]:.0f}MB" for k in res["cpu_s"])
-            print(f"  {r['processes']} x {r['mode']}: {parts}")
+            print(
+                f"  {r['processes']} x {r['mode']}: {parts}; other processes {res['other_processes_cpu_s']}s"
+            )
         print("\nlog lines (WARNING/ERROR/Traceback) in the bot processes, exit codes:")
         for r in runs:
             print(f"  {r['processes']} x {r['mode']}: {r['log_problems']['counts']}, exit {r['exit_codes']}")
@@ -756,7 +866,20 @@ async def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3, help="seconds per LLM call")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--mode", choices=["sequential", "burst", "both"], default="sequential")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one reply")
+    parser.add_argument(
+        "--warm", action="store_true", help="each person first says hello to every process (not measured)"
+    )
+    parser.add_argument(
+        "--at-once",
+        action="store_true",
+        help="burst: a person's POSTs all at once, not each after the last ack",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds with no post at all after which the replies still awaited count as lost",
+    )
     parser.add_argument(
         "--bot-env", nargs="*", default=[], metavar="KEY=VALUE", help="more settings for the bot processes"
     )
@@ -810,6 +933,8 @@ async def main() -> None:
                             args.keep_logs,
                             dict(item.split("=", 1) for item in args.bot_env),
                             dict(item.split("=", 1) for item in args.pg_set),
+                            args.at_once,
+                            args.warm,
                         )
                     )
         finally:
