@@ -199,6 +199,7 @@ class Database:
         lock_wait: float = LOCK_WAIT,
     ) -> None:
         self.path = str(path)
+        self.where = self.path  # how logs and errors name it
         self.busy_timeout_ms = busy_timeout_ms
         self.lock_wait = lock_wait
         self.vector_cache = VectorCache(vector_cache_bytes) if vector_cache_bytes > 0 else None
@@ -255,12 +256,12 @@ class Database:
         return await asyncio.get_running_loop().run_in_executor(self._executor, truncate)
 
     def _call(self, begin: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        wait = LockWait(self.path, self.lock_wait, self.busy_timeout_ms)
+        wait = LockWait(self.where, self.lock_wait, self.busy_timeout_ms)
         while True:
             try:
                 result = self._attempt(begin, wait.busy_ms(), fn, args, kwargs)
             except Busy as busy:
-                time.sleep(wait.backoff(busy.cause))
+                time.sleep(wait.pause(busy))
                 continue
             wait.finished()
             return result
@@ -269,17 +270,21 @@ class Database:
         self, begin: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
         loop = asyncio.get_running_loop()
-        wait = LockWait(self.path, self.lock_wait, self.busy_timeout_ms)
+        wait = LockWait(self.where, self.lock_wait, self.busy_timeout_ms)
         while True:
             try:
                 result = await loop.run_in_executor(
-                    self._executor, self._attempt, begin, wait.busy_ms(), fn, args, kwargs
+                    self._executor_for(begin), self._attempt, begin, wait.busy_ms(), fn, args, kwargs
                 )
             except Busy as busy:
-                await asyncio.sleep(wait.backoff(busy.cause))  # the database thread is free meanwhile
+                await asyncio.sleep(wait.pause(busy))  # the database thread is free meanwhile
                 continue
             wait.finished()
             return result
+
+    def _executor_for(self, begin: str) -> ThreadPoolExecutor:
+        """The thread a transaction of this kind runs on (SQLite: the one database thread)."""
+        return self._executor
 
     def _attempt(
         self, begin: str, busy_ms: int, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]

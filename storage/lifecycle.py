@@ -134,7 +134,7 @@ def delete_agent(conn: Connection, agent_id: int) -> Deleted:
 def _move_vectors(conn: Connection, table: str, from_agent: int, to_agent: int, source: str) -> int:
     """Re-insert the vectors of `from_agent`'s rows of `source` under `to_agent` (vec0 cannot
     update a partition key), keeping `private`; drop any other vector of `from_agent`."""
-    if not _has_vectors(conn):
+    if not vectors.tables_exist(conn):
         return 0
     for agent_id in (from_agent, to_agent):  # cheaper to read again than to follow row by row
         vectors.invalidate(conn, table, agent_id)
@@ -164,15 +164,6 @@ def _move_vectors(conn: Connection, table: str, from_agent: int, to_agent: int, 
 
 
 _VECTOR = "SELECT private, embedding FROM {} WHERE rowid = ? AND agent_id = ?"
-
-
-def _has_vectors(conn: Connection) -> bool:
-    if dialect(conn) == "postgres":
-        return all(conn.execute("SELECT to_regclass(?)", (t,)).fetchone()[0] for t in vectors.TABLES)
-    found = conn.execute(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)", vectors.TABLES
-    ).fetchone()[0]
-    return bool(found == len(vectors.TABLES))
 
 
 def _existing(conn: Connection, agent_id: int) -> tuple[str, str]:

@@ -25,9 +25,13 @@ MAX_BACKOFF = 0.5
 class Busy(Exception):
     """One try met another connection's lock; the caller waits and tries the transaction again."""
 
-    def __init__(self, cause: Exception) -> None:
+    def __init__(
+        self, cause: Exception, most_tries: int | None = None, final: Exception | None = None
+    ) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.most_tries = most_tries  # None: until the wait is used up; else `final` after this many
+        self.final = final
 
 
 class LockWait:
@@ -68,6 +72,13 @@ class LockWait:
         delay = min(self.delay, self.limit - waited)
         self.delay = min(self.delay * 2, MAX_BACKOFF)
         return delay
+
+    def pause(self, busy: Busy) -> float:
+        """Seconds to sleep before trying `busy`'s transaction again; its `final` error once it
+        has been tried `most_tries` times."""
+        if busy.most_tries is not None and busy.final is not None and self.tries + 1 >= busy.most_tries:
+            raise busy.final from busy.cause
+        return self.backoff(busy.cause)
 
     def finished(self) -> None:
         if self.warned:

