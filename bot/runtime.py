@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -193,18 +194,23 @@ class Runtime:
         known = agent_id if agent_id is not None else self.reception.known(event.person)
         if known is not None and not self.locks.busy(known):
             try:
-                return await self._answer_now(known, event, claim, cached=agent_id is None)
+                answered = await self._answer_now(known, event, claim, cached=agent_id is None)
+                if answered is not None:
+                    return answered
             except AgentNotFoundError:  # forgotten, or the account was linked to another agent
                 if agent_id is not None:
                     return await self._lost(event, StorageError(f"there is no agent {agent_id}"))
                 self.reception.forget(event.person)
-        try:
-            received = await self.db.run(self.reception.receive, event, agent_id, claim)
-        except Exception as exc:
-            return await self._lost(event, exc)
-        if received is None:
-            return _duplicate(event)
-        return await self._answer(received, event)
+        # Stored first, then answered when the agent is free. While it is being stored the agent
+        # counts as busy, so a later message waits behind it instead of overtaking it.
+        with self.locks.expecting(known) if known is not None else nullcontext():
+            try:
+                received = await self.db.run(self.reception.receive, event, agent_id, claim)
+            except Exception as exc:
+                return await self._lost(event, exc)
+            if received is None:
+                return _duplicate(event)
+            return await self._answer(received, event)
 
     async def _keep_for_later(self, event: Event, agent_id: int | None, claim: Claim | None = None) -> Turn:
         """While stopping: the event into the inbox only; the next start's recover() answers it."""
@@ -216,9 +222,13 @@ class Runtime:
 
     async def _answer_now(
         self, agent_id: int, event: Event, claim: Claim | None = None, cached: bool = False
-    ) -> Turn:
-        """The agent is free: take it at once and store the event with its inbox row together."""
-        async with self.locks.hold(agent_id):
+    ) -> Turn | None:
+        """The agent is free: take it at once and store the event with its inbox row together. None
+        if another process holds the agent (the caller stores the event to wait its turn)."""
+        async with self.locks.hold(agent_id, wait=False) as held:
+            if not held:
+                return None
+            await self._answer_earlier(agent_id, None)
             vector = await self.reception.vector(agent_id, event)
             try:
                 found = await self.db.run(
@@ -248,9 +258,32 @@ class Runtime:
 
     async def _answer(self, received: Received, event: Event, recovered: bool = False) -> Turn:
         async with self.locks.hold(received.agent_id):
-            if recovered and not await self.db.read(inbox.waits, received.agent_id, received.item_id):
-                return _duplicate(event)  # another process (sharing the database) answered it meanwhile
+            if (recovered or self.locks.shared) and not await self.db.read(
+                inbox.waits, received.agent_id, received.item_id
+            ):  # answered meanwhile, in its turn, by the process holding the agent (sharing the database)
+                log.info(
+                    "agent %s: inbox item %d was answered by another turn",
+                    received.agent_id,
+                    received.item_id,
+                )
+                return Turn(duplicate=True)
+            await self._answer_earlier(received.agent_id, received.item_id)
             return await self._run(received, event, None)
+
+    async def _answer_earlier(self, agent_id: int, item_id: int | None) -> None:
+        """With the agent's lock held across processes: first answer, oldest first, the events
+        other processes stored for it before `item_id` (None: before now) while they waited for
+        it, in conversations this process delivers to, so a person's messages are answered in
+        the order they came whichever process took each."""
+        if not self.locks.shared:
+            return
+        for item in await self.db.read(inbox.before, agent_id, item_id):
+            event = event_from_json(item.event)
+            if not self.delivery.serves(event.conversation.platform, event.conversation.channel_id):
+                continue  # (another conversation: its order is its own)
+            conversation_id = await self.db.run(self.reception.conversation, event.conversation)
+            received = Received(agent_id, item.id, conversation_id, item.received_at, item.message_id)
+            await self._run(received, event, None)
 
     async def _run(
         self, received: Received, event: Event, stored: tuple[AgentMemory, Message] | None

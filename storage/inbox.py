@@ -68,6 +68,17 @@ def waits(conn: Connection, agent_id: int, item_id: int) -> bool:
     return row is not None
 
 
+def before(conn: Connection, agent_id: int, item_id: int | None, limit: int = 20) -> list[Item]:
+    """This agent's items stored before `item_id` (None: all) whose turn has not begun, oldest
+    first: events another process stored while it waited for the agent."""
+    last = " AND id < ?" if item_id is not None else ""
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM inbox WHERE agent_id = ? AND attempts = 0{last} ORDER BY id LIMIT ?",
+        (agent_id, *(() if item_id is None else (item_id,)), limit),
+    )
+    return [Item(*row) for row in rows]
+
+
 def waiting(conn: Connection) -> list[Item]:
     """Every unanswered item, oldest first (at start-up: what a crash or a stop left behind).
     Reads across agents to find them; each is then answered by its own agent."""

@@ -35,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 from storage.db import WRITE, Database, _run_callbacks
 from storage.errors import StorageError
 from storage.lock_wait import Busy
+from storage.vector_index import INDEX_AT, VectorIndexes, sweep
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ T = TypeVar("T")
 SCHEMES = ("postgresql://", "postgres://")
 POOL_SIZE = 8  # connections (and threads) per process
 LOCK_WAIT = 120.0
+INDEX_FIRST, INDEX_EVERY = 60.0, 600.0  # seconds: the first per-agent vector index sweep, the next ones
 UNIQUE_VIOLATION, UNIQUE_TRIES = "23505", 4
 MIGRATION_LOCK = 0x6D656D626F74  # "membot": the advisory lock the migrations hold
 RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -193,8 +195,9 @@ class PgConnection:
     dialect = "postgres"
     vector_cache = None  # pgvector does its own search
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, vector_indexes: VectorIndexes | None = None) -> None:
         self.raw = raw
+        self.vector_indexes = vector_indexes  # (storage/vector_index.py)
         self.committed: list[Callable[[], object]] = []  # storage.db.after_commit
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
@@ -315,7 +318,12 @@ class PgDatabase(Database):
     vector_cache = None
 
     def __init__(
-        self, target: str, lock_wait: float = LOCK_WAIT, pool_size: int = POOL_SIZE
+        self,
+        target: str,
+        lock_wait: float = LOCK_WAIT,
+        pool_size: int = POOL_SIZE,
+        vector_index_at: int = INDEX_AT,
+        index_in_background: bool = True,
     ) -> None:  # the base class's SQLite connection is never made
         try:
             import psycopg  # noqa: F401
@@ -345,6 +353,14 @@ class PgDatabase(Database):
         self._opened = False
         self._open_lock = threading.Lock()
         self._agent_locks: AdvisoryLocks | None = None
+        # Large agents' vectors get an HNSW index each (storage/vector_index.py), swept by a
+        # thread of this process a minute after opening and every ten minutes after.
+        self.vector_index_at = vector_index_at
+        self.vector_indexes = VectorIndexes()
+        self._index_in_background = index_in_background and vector_index_at > 0
+        self._indexer: threading.Thread | None = None
+        self._indexing: Any = None  # the sweep's connection while it runs (cancelled at close)
+        self._stopping = threading.Event()
 
     def _open(self) -> None:
         with self._open_lock:
@@ -358,6 +374,41 @@ class PgDatabase(Database):
             except Exception as exc:
                 raise connection_error(exc, self.path) from exc
             self._opened = True
+            if self._index_in_background:
+                self._indexer = threading.Thread(
+                    target=self._index_forever, name="membot-pg-index", daemon=True
+                )
+                self._indexer.start()
+
+    def _index_forever(self) -> None:
+        wait = INDEX_FIRST
+        while not self._stopping.wait(wait):
+            wait = INDEX_EVERY
+            try:
+                self.index_vectors()
+            except Exception as exc:  # (the next sweep tries again; searches stay exact meanwhile)
+                if not self._stopping.is_set():
+                    log.warning("vector index sweep failed: %s", str(exc).strip().splitlines()[0])
+
+    def index_vectors(self, build: bool = True) -> tuple[int, int] | None:
+        """Build the missing per-agent vector indexes and drop unwanted ones (storage/vector_index.py):
+        (built, dropped), or None if another process is sweeping."""
+        import psycopg
+
+        if self.vector_index_at <= 0:
+            return (0, 0)
+        try:
+            raw = psycopg.connect(self.path, autocommit=True)
+        except psycopg.Error as exc:
+            raise connection_error(exc, self.path) from exc
+        self._indexing = raw
+        try:
+            done = sweep(raw, self.vector_index_at, build=build)
+        finally:
+            self._indexing = None
+            raw.close()
+        self.vector_indexes.forget()
+        return done
 
     def _executor_for(self, begin: str) -> ThreadPoolExecutor:
         return self._writer if begin == WRITE else self._executor
@@ -384,7 +435,7 @@ class PgDatabase(Database):
                 if schema:  # one process migrates at a time; the next then sees what it made
                     raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 raw.execute("SELECT set_config('membot.agent', %s, true)", (_scope(fn, args, kwargs),))
-                conn = PgConnection(raw)
+                conn = PgConnection(raw, self.vector_indexes if self.vector_index_at > 0 else None)
                 result = fn(conn, *args, **kwargs)
             _run_callbacks(conn.committed)
         except StorageError:
@@ -425,12 +476,18 @@ class PgDatabase(Database):
         from storage.postgres_schema import AGENT_TABLES
 
         tables = [*AGENT_TABLES, "messages_vec", "passages_vec"]
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.autocommit, [f"VACUUM {t}" for t in tables]
-        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.autocommit, [f"VACUUM {t}" for t in tables])
+        await loop.run_in_executor(self._executor, lambda: self.index_vectors(build=False))  # its index
         return True
 
     def close(self) -> None:
+        self._stopping.set()
+        indexing = self._indexing
+        if indexing is not None:  # a build under way: cancelled (its invalid index is dropped next time)
+            indexing.cancel_safe()
+        if self._indexer is not None:
+            self._indexer.join(timeout=10)
         self._writer.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         if self._agent_locks is not None:
@@ -474,6 +531,9 @@ class AdvisoryLocks:
     def _unlock(self, agent_id: int) -> None:
         if self._conn is not None and not self._conn.closed:  # (closed: the server dropped them all)
             self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self.SPACE, agent_id))
+
+    async def try_acquire(self, agent_id: int) -> bool:
+        return bool(await asyncio.get_running_loop().run_in_executor(self._thread, self._try, agent_id))
 
     async def acquire(self, agent_id: int) -> None:
         loop = asyncio.get_running_loop()

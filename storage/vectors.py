@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from storage import vector_index
 from storage.db import Connection
 from storage.errors import EmbeddingMismatchError
 from storage.postgres import dialect, protect
@@ -55,7 +56,8 @@ def _cache(conn: Connection) -> VectorCache | None:
 def _create(conn: Connection, table: str, dim: int) -> None:
     if dialect(conn) == "postgres":
         # pgvector: `rowid` named as in vec0, so the same statements serve both. Exact search over
-        # the agent's rows (the index on agent_id), the same answers sqlite-vec gives.
+        # the agent's rows (the index on agent_id), the same answers sqlite-vec gives; a large
+        # agent gets an HNSW index of its own (storage/vector_index.py).
         conn.execute(
             f"CREATE TABLE {table} (rowid bigint PRIMARY KEY, agent_id bigint NOT NULL, "
             f"private integer NOT NULL, embedding vector({int(dim)}) NOT NULL)"
@@ -217,8 +219,13 @@ def knn(
     on PostgreSQL, pgvector's cosine distance over the agent's rows."""
     scope = " AND private = 0" if public_only else ""
     if dialect(conn) == "postgres":
-        rows = conn.execute(
-            f"SELECT rowid, embedding <=> ?::vector AS distance FROM {table} WHERE agent_id = ?{scope} "
+        indexes = getattr(conn, "vector_indexes", None)
+        if indexes is not None and indexes.has(conn.raw, table, agent_id):  # (storage/vector_index.py)
+            found = vector_index.nearest(conn.raw, table, agent_id, as_parameter(conn, vector), k, scope)
+            if len(found) == k:
+                return [(int(rowid), float(distance)) for rowid, distance in found]
+        rows = conn.execute(  # exact: `+ 0` is no index's ordering, so no plan walks an HNSW graph
+            f"SELECT rowid, (embedding <=> ?::vector) + 0 AS distance FROM {table} WHERE agent_id = ?{scope} "
             "ORDER BY distance LIMIT ?",
             (as_parameter(conn, vector), agent_id, k),
         )
