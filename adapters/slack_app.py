@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -81,7 +81,8 @@ class Listeners:
             signing_secret=signing_secret,
             name="membot.slack",
             logger=logger,
-            process_before_response=False,  # the ack goes back before the work begins
+            # The ack goes back once a message is stored (Listeners.answer), before its turn.
+            process_before_response=True,
         )
         app.event("message")(self._on_message)
         app.event("app_mention")(self._on_mention)
@@ -106,10 +107,10 @@ class Listeners:
             await asyncio.wait(late, timeout=1.0)
 
     async def _on_message(self, body: Json, event: Json) -> None:
-        self.spawn(self.answer(body, event, mention=False))
+        await self.answer(body, event, mention=False)
 
     async def _on_mention(self, body: Json, event: Json) -> None:
-        self.spawn(self.answer(body, event, mention=True))
+        await self.answer(body, event, mention=True)
 
     async def _on_other(self) -> None:
         return None
@@ -122,7 +123,9 @@ class Listeners:
         log.error("a Slack request failed in bolt", exc_info=error)
 
     async def answer(self, body: Json, event: Json, mention: bool) -> None:
-        """One message or mention, to its speaker's agent; a failure here gets an apology."""
+        """One message or mention, to its speaker's agent: stored before Slack gets its ack (so a
+        person's messages are answered in the order Slack sent them, whichever process each
+        reached), answered in a task of its own; a failure here gets an apology."""
         try:
             found = await self.directory.event_of(body, event, mention)
             if found is None:
@@ -134,10 +137,19 @@ class Listeners:
             if c.private and found.attachments and found.text.strip().lower() == "import":
                 found = replace(found, text="/import")  # the word alone: a leading / is Slack's
             if c.private and self.runtime.is_command(found.text):
-                await self.dm_command(found, event)
+                self.spawn(self._guarded(body, event, self.dm_command(found, event)))
                 return
             await self.ensure_agent(found.person)
-            await self.runtime.handle(found)
+            turn = await self.runtime.accept(found)
+        except Exception:
+            log.exception("a Slack event (%s) failed", body.get("event_id", "?"))
+            self.spawn(self.apologise(event))
+            return
+        self.spawn(self._guarded(body, event, turn()))
+
+    async def _guarded(self, body: Json, event: Json, work: Awaitable[object]) -> None:
+        try:
+            await work
         except Exception:
             log.exception("a Slack event (%s) failed", body.get("event_id", "?"))
             await self.apologise(event)

@@ -464,6 +464,7 @@ async def person(
     latencies: list[float],
     late: list[str],
     at_once: bool = False,
+    gap: float = 0.0,
 ) -> None:
     uid = person_id(i)
     channel = f"D{uid}"
@@ -491,7 +492,11 @@ async def person(
         sent = await asyncio.gather(*(send(j, t) for j, t in enumerate(texts)))
         await asyncio.gather(*(reply(*s) for s in sent))
     else:  # each POST once the previous one was acknowledged: they reach the bot in order
-        sent = [await send(j, t) for j, t in enumerate(texts)]
+        sent = []
+        for j, t in enumerate(texts):
+            if j and gap:
+                await asyncio.sleep(gap)  # --gap: a person typing fast, not a script
+            sent.append(await send(j, t))
         await asyncio.gather(*(reply(*s) for s in sent))
 
 
@@ -668,6 +673,7 @@ async def run_scale(
     pg_set: dict[str, str] | None = None,
     at_once: bool = False,
     warm: bool = False,
+    gap: float = 0.0,
 ) -> dict[str, Any]:
     db = postgres_database()
     if pg_set:
@@ -697,7 +703,16 @@ async def run_scale(
                     await asyncio.gather(
                         *(
                             person(
-                                i, per_person, burst, balancer, slack, reply_timeout, latencies, late, at_once
+                                i,
+                                per_person,
+                                burst,
+                                balancer,
+                                slack,
+                                reply_timeout,
+                                latencies,
+                                late,
+                                at_once,
+                                gap,
                             )
                             for i in range(n_people)
                         )
@@ -731,7 +746,9 @@ async def run_scale(
     ideal = per_person * max(1.0, calls_per_turn) * latency
     return {
         "processes": n_bots,
-        "mode": mode_name(burst, at_once) + (" warm" if warm else ""),
+        "mode": mode_name(burst, at_once)
+        + (f" gap{gap * 1000:.0f}" if gap and burst else "")
+        + (" warm" if warm else ""),
         "bot_env": bot_env or {},
         "postgres_settings": pg_set or {},
         "people": n_people,
@@ -886,6 +903,7 @@ async def main() -> None:
     parser.add_argument(
         "--pg-set", nargs="*", default=[], metavar="NAME=VALUE", help="experiment: ALTER DATABASE ... SET"
     )
+    parser.add_argument("--gap", type=float, default=0.0, help="burst: milliseconds between a person's POSTs")
     parser.add_argument("--keep-logs", default=None, help="copy each bot process's log into this folder")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait for late posts after")
     parser.add_argument(
@@ -935,6 +953,7 @@ async def main() -> None:
                             dict(item.split("=", 1) for item in args.pg_set),
                             args.at_once,
                             args.warm,
+                            args.gap / 1000,
                         )
                     )
         finally:

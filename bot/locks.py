@@ -12,7 +12,7 @@ the caller then stores its event first, so whoever holds the lock answers it in 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Protocol
 
@@ -62,11 +62,24 @@ class AgentLocks:
     def expecting(self, agent_id: int) -> Iterator[None]:
         """A turn of this agent will ask for the lock once its event is stored: until then too the
         agent is busy, so a later event does not take the lock first and overtake it."""
-        self._enter(agent_id)
+        release = self.reserve(agent_id)
         try:
             yield
         finally:
-            self._leave(agent_id)
+            release()
+
+    def reserve(self, agent_id: int) -> Callable[[], None]:
+        """`expecting` across tasks: the agent is busy until the returned call (once is enough)."""
+        self._enter(agent_id)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._leave(agent_id)
+
+        return release
 
     def _enter(self, agent_id: int) -> asyncio.Lock:
         lock, users = self._locks.get(agent_id, (None, 0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -149,6 +149,40 @@ class Runtime:
         """Answer an event from a person (found by their account). Never raises."""
         return await self._handle(event, None)
 
+    async def accept(self, event: Event) -> Callable[[], Awaitable[Turn]]:
+        """Store a person's event now, before the platform is told it arrived (Slack's ack), and
+        return the call that answers it (never raises). Events are then answered in the order
+        the platform handed them over, even when one person's messages reach several processes
+        a few milliseconds apart. An event with files to fetch (or while stopping) is stored by
+        that call instead, as `handle` does."""
+        if any(a.read for a in event.attachments) or self.stopping:
+            return partial(self.handle, event)
+        known = self.reception.known(event.person)
+        release = self.locks.reserve(known) if known is not None else (lambda: None)
+        try:
+            received = await self.db.run(self.reception.receive, event, None, None)
+        except Exception as exc:
+            release()
+            return partial(self._lost, event, exc)
+        if received is None:
+            release()
+            return partial(_answered, _duplicate(event))
+
+        async def answer() -> Turn:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.add(task)
+            try:
+                with self.locks.expecting(received.agent_id):
+                    release()
+                    return await self._answer(received, event)
+            finally:
+                release()
+                if task is not None:
+                    self._running.discard(task)
+
+        return answer
+
     async def wake(self, agent_id: int, event: Event, claim: Claim | None = None) -> Turn:
         """Run an event for a known agent (the scheduler's heartbeats and reminders). Never raises.
         `claim(conn)` runs in the transaction that stores the event; False drops the event (another
@@ -228,7 +262,8 @@ class Runtime:
         async with self.locks.hold(agent_id, wait=False) as held:
             if not held:
                 return None
-            await self._answer_earlier(agent_id, None)
+            if self.locks.shared:
+                await self._answer_earlier(agent_id, await self.db.read(inbox.before, agent_id, None))
             vector = await self.reception.vector(agent_id, event)
             try:
                 found = await self.db.run(
@@ -258,26 +293,27 @@ class Runtime:
 
     async def _answer(self, received: Received, event: Event, recovered: bool = False) -> Turn:
         async with self.locks.hold(received.agent_id):
-            if (recovered or self.locks.shared) and not await self.db.read(
-                inbox.waits, received.agent_id, received.item_id
-            ):  # answered meanwhile, in its turn, by the process holding the agent (sharing the database)
-                log.info(
-                    "agent %s: inbox item %d was answered by another turn",
-                    received.agent_id,
-                    received.item_id,
-                )
-                return Turn(duplicate=True)
-            await self._answer_earlier(received.agent_id, received.item_id)
+            earlier: list[inbox.Item] = []
+            if recovered or self.locks.shared:
+                waits, earlier = await self.db.read(inbox.ahead, received.agent_id, received.item_id)
+                if not waits:  # answered meanwhile, in its turn, by the process holding the agent
+                    log.info(
+                        "agent %s: inbox item %d was answered by another turn",
+                        received.agent_id,
+                        received.item_id,
+                    )
+                    return Turn(duplicate=True)
+            await self._answer_earlier(received.agent_id, earlier)
             return await self._run(received, event, None)
 
-    async def _answer_earlier(self, agent_id: int, item_id: int | None) -> None:
+    async def _answer_earlier(self, agent_id: int, items: list[inbox.Item]) -> None:
         """With the agent's lock held across processes: first answer, oldest first, the events
-        other processes stored for it before `item_id` (None: before now) while they waited for
-        it, in conversations this process delivers to, so a person's messages are answered in
-        the order they came whichever process took each."""
+        other processes stored for it earlier while they waited for it (`inbox.before`), in
+        conversations this process delivers to, so a person's messages are answered in the
+        order they came whichever process took each."""
         if not self.locks.shared:
             return
-        for item in await self.db.read(inbox.before, agent_id, item_id):
+        for item in items:
             event = event_from_json(item.event)
             if not self.delivery.serves(event.conversation.platform, event.conversation.channel_id):
                 continue  # (another conversation: its order is its own)
@@ -440,6 +476,10 @@ def _failure_text(exc: BaseException, stored: bool) -> str:
     if not stored:
         return getattr(exc, "user_message", NOT_STORED)
     return STORE_FAILED_SAVED if isinstance(exc, StorageError) else UNREACHABLE
+
+
+async def _answered(turn: Turn) -> Turn:
+    return turn
 
 
 def _duplicate(event: Event) -> Turn:

@@ -79,6 +79,18 @@ def before(conn: Connection, agent_id: int, item_id: int | None, limit: int = 20
     return [Item(*row) for row in rows]
 
 
+def ahead(conn: Connection, agent_id: int, item_id: int, limit: int = 20) -> tuple[bool, list[Item]]:
+    """Whether this item still waits, and the items `before` it, in one query."""
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM inbox WHERE agent_id = ? AND id <= ? AND (id = ? OR attempts = 0) "
+        "ORDER BY id = ? DESC, id LIMIT ?",
+        (agent_id, item_id, item_id, item_id, limit + 1),
+    )
+    items = [Item(*row) for row in rows]
+    waits = bool(items) and items[0].id == item_id
+    return waits, items[1:] if waits else items
+
+
 def waiting(conn: Connection) -> list[Item]:
     """Every unanswered item, oldest first (at start-up: what a crash or a stop left behind).
     Reads across agents to find them; each is then answered by its own agent."""

@@ -211,3 +211,43 @@ async def test_the_same_event_at_two_processes_at_once_is_answered_once(fake_ser
     finally:
         await first.close()
         await second.close()
+
+
+async def test_one_persons_messages_taken_by_two_processes_are_answered_in_order(fake_server):
+    """Slack behind a load balancer: each message stored (`accept`) by whichever process got it,
+    alternately, before the next is sent; their turns then race. The replies follow the messages."""
+    from bot.runtime import Runtime
+    from tests.fake_openai import Answer, last_user_text
+    from tests.platform import RecordingPlatform, dm
+
+    def reply(request: dict[str, Any]) -> Answer:
+        text = last_user_text(request)
+        words = [w for w in text.split() if w.startswith("msg")]
+        return Answer(
+            tool_calls=[("send_message", {"message": f"re {words[-1] if words else '?'}"})], delay=0.05
+        )
+
+    fake = fake_server(reply)
+    settings = make_settings(Path("."), fake, MEMBOT_DB=postgres.fresh_database())
+    first = await Runtime.start(settings, embedder=shared_embedder())
+    second = await Runtime.start(settings, embedder=shared_embedder())
+    platform = RecordingPlatform()
+    try:
+        for runtime in (first, second):
+            runtime.register_sender("chat", platform)
+        await first.handle(dm("fay", "hello msg0", message_id="m0"))  # both know fay from here on
+        await second.handle(dm("fay", "hello again msg1", message_id="m1"))
+        answers = []
+        for n in range(2, 8):
+            runtime = (first, second)[n % 2]
+            answer = await runtime.accept(dm("fay", f"note msg{n}", message_id=f"m{n}"))
+            answers.append(asyncio.create_task(answer()))
+        await asyncio.gather(*answers)
+        for _ in range(100):
+            if len(platform.texts) >= 8:
+                break
+            await asyncio.sleep(0.05)
+        assert platform.texts == [f"re msg{n}" for n in range(8)]
+    finally:
+        await first.close()
+        await second.close()
