@@ -71,6 +71,12 @@ def storage_error(exc: BaseException, path: str, waited: float = 0.0) -> Storage
 
 
 def locked_error(path: str, waited: float) -> DatabaseLockedError:
+    if path.startswith(("postgresql://", "postgres://")):  # (redacted): conflicts, not a file lock
+        return DatabaseLockedError(
+            f"The database {path} kept refusing this transaction (serialization conflicts or lock "
+            f"timeouts with other transactions) for {waited:.0f} s; look for long transactions on the "
+            "server (pg_stat_activity) or raise MEMBOT_DB_LOCK_WAIT."
+        )
     return DatabaseLockedError(
         f"The database {path} is still locked by {lock_holder(path)} after {waited:.0f} s; stop that "
         "process (a backup, a VACUUM, a second membot?) or raise MEMBOT_DB_LOCK_WAIT."

@@ -310,6 +310,14 @@ def connection_error(exc: BaseException, target: str) -> StorageError:
     return StorageError(f"Database error on {where}: {text}")
 
 
+class _AbortedPipeline(logging.Filter):
+    """psycopg's "error ignored terminating <Pipeline>: pipeline aborted", logged after the error
+    that aborted it (a serialization failure inside executemany) was raised and retried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pipeline aborted" not in record.getMessage()
+
+
 class PgDatabase(Database):
     """A PostgreSQL database served by a pool of connections, each on its own worker thread.
     (A `Database` to the code that holds one: the same four ways to run a storage function.)"""
@@ -335,6 +343,9 @@ class PgDatabase(Database):
             ) from exc
         self.path = target
         self.where = redacted(target)
+        psycopg_log = logging.getLogger("psycopg")
+        if not any(isinstance(f, _AbortedPipeline) for f in psycopg_log.filters):
+            psycopg_log.addFilter(_AbortedPipeline())
         self.busy_timeout_ms = 0  # (SQLite's; PostgreSQL waits in its own locks)
         self.lock_wait = lock_wait
         # Writes go one at a time, in the order they were asked for, as on SQLite: an agent's
