@@ -71,7 +71,7 @@ def storage_error(exc: BaseException, path: str, waited: float = 0.0) -> Storage
 
 
 def locked_error(path: str, waited: float) -> DatabaseLockedError:
-    if path.startswith(("postgresql://", "postgres://")):  # (redacted): conflicts, not a file lock
+    if _is_url(path):  # conflicts with other transactions, not a locked file
         return DatabaseLockedError(
             f"The database {path} kept refusing this transaction (serialization conflicts or lock "
             f"timeouts with other transactions) for {waited:.0f} s; look for long transactions on the "
@@ -129,8 +129,16 @@ def folder_error(exc: OSError, path: str) -> StorageError:
     )
 
 
+def _is_url(path: str) -> bool:
+    """A PostgreSQL URL (redacted), not a file (storage.postgres.is_postgres; imported it would loop)."""
+    return path.startswith(("postgresql://", "postgres://"))
+
+
 def lock_holder(path: str) -> str:
-    """Who holds a write lock on the database, as far as this system says (cheap: one /proc read)."""
+    """Who holds a write lock on the database, as far as this system says (cheap: one /proc read);
+    on PostgreSQL, the conflicting transactions."""
+    if _is_url(path):
+        return "conflicting transactions"
     pids = lock_holders(path)
     if pids is None:
         return "another process (this system does not say which)"

@@ -62,15 +62,10 @@ class LockWait:
             raise locked_error(self.path, waited) from cause
         if not self.warned and waited >= QUIET_WAIT:
             self.warned = True
-            holder = (
-                "conflicting transactions"
-                if self.path.startswith(("postgresql://", "postgres://"))
-                else lock_holder(self.path)
-            )
             log.warning(
                 "database %s is locked by %s; waited %.0f s, waiting up to %.0f s more (MEMBOT_DB_LOCK_WAIT)",
                 self.path,
-                holder,
+                lock_holder(self.path),
                 waited,
                 self.limit - waited,
             )

@@ -85,9 +85,7 @@ def sweep(raw: Any, at: int, build: bool = True) -> tuple[int, int] | None:
             raw.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
         made = 0
         for table, agent in wanted if build else []:
-            name = index_name(table, agent)
-            if name in catalog(raw):  # (invalid: dropped above; valid: made meanwhile)
-                raw.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            name = index_name(table, agent)  # (an invalid one of that name was dropped above)
             started = time.perf_counter()
             raw.execute(
                 f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} "

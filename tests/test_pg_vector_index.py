@@ -33,6 +33,11 @@ def cosine_distance(a: list[float], b: list[float]) -> float:
     return 1.0 - sum(x * y for x, y in zip(a, b, strict=True))
 
 
+def index_names(url: str) -> set[str]:
+    found = postgres.rows(url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE ?", ("%hnsw%",))
+    return {str(name) for (name,) in found}
+
+
 def index_scans(url: str) -> dict[str, int]:
     found = postgres.rows(
         url, "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes WHERE indexrelname LIKE ?", ("%hnsw%",)
@@ -70,13 +75,7 @@ async def test_a_large_agent_gets_its_own_index_and_its_searches_use_it(fake_ser
         assert sweeper.index_vectors() == (0, 0)  # nothing more to do
     finally:
         sweeper.close()
-    names = {
-        name
-        for (name,) in postgres.rows(
-            url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE ?", ("%hnsw%",)
-        )
-    }
-    assert names == {f"messages_vec_hnsw_{alice}"}  # none for bob, none for passages
+    assert index_names(url) == {f"messages_vec_hnsw_{alice}"}  # none for bob, none for passages
 
     before = index_scans(url)
     searcher = PgDatabase(
@@ -143,10 +142,4 @@ async def test_a_forgotten_agents_index_goes_and_an_unfinished_build_is_made_aga
         sweeper.index_vectors()  # (the forget's own sweep may have dropped it already)
     finally:
         sweeper.close()
-    names = {
-        name
-        for (name,) in postgres.rows(
-            url, "SELECT indexname FROM pg_indexes WHERE indexname LIKE ?", ("%hnsw%",)
-        )
-    }
-    assert names == {dave}
+    assert index_names(url) == {dave}
